@@ -1,0 +1,322 @@
+"""The bilinear-pool op: argument checks, backend dispatch, torch.library registration, autograd.
+
+Two operators are registered in the ``bcnn_triton`` namespace:
+
+- ``bcnn_triton::bilinear_pool(x, y, signed_sqrt, normalize, eps, triu, backend) -> (out, norm)``
+- ``bcnn_triton::bilinear_pool_backward(grad, x, y, out, norm, ...) -> (dx, dy)``
+
+Both are ``torch.library.custom_op``s: opaque to torch.compile, so a compiled model calls them
+as one node with no graph break, on CPU (torch path) and on CUDA (Triton kernels) alike. The
+body branches on the backend argument, never on a device query at import time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Literal
+
+import torch
+
+from bcnn_triton.ops.coefficients import backward_coefficients
+from bcnn_triton.ops.torch_path import (
+    bilinear_pool_backward_torch,
+    bilinear_pool_forward_torch,
+    compute_dtype_for,
+    rowwise_dot_torch,
+)
+
+__all__ = [
+    "BACKENDS",
+    "bilinear_pool",
+    "check_options",
+    "descriptor_size",
+    "resolve_backend",
+    "triton_available",
+]
+
+Backend = Literal["torch", "triton"]
+#: Names accepted by the ``backend`` argument (``None`` picks one automatically).
+BACKENDS: tuple[str, ...] = ("torch", "triton")
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels can be imported here (Triton installed, Linux)."""
+    try:
+        import bcnn_triton.kernels  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def descriptor_size(channels_x: int, channels_y: int, triu: bool) -> int:
+    """Length D of one sample's descriptor: Cx·Cy, or C(C+1)/2 for the upper triangle."""
+    return channels_x * (channels_x + 1) // 2 if triu else channels_x * channels_y
+
+
+def resolve_backend(backend: str | None, x: torch.Tensor) -> Backend:
+    """The backend that will run for ``x``: the Triton kernels for CUDA tensors, else torch.
+
+    Raises ValueError for an unknown name, and for ``"triton"`` where it cannot run
+    (no Triton, float64, or CPU tensors without ``TRITON_INTERPRET=1``).
+    """
+    if backend == "torch":
+        return "torch"
+    if backend is None:
+        usable = x.is_cuda and x.dtype in _TRITON_DTYPES and triton_available()
+        return "triton" if usable else "torch"
+    if not triton_available():
+        raise ValueError("backend='triton' needs the triton package, which cannot be imported")
+    if x.dtype not in _TRITON_DTYPES:
+        raise ValueError(
+            f"backend='triton' supports float16, bfloat16 and float32; got x of dtype {x.dtype}"
+        )
+    if not x.is_cuda and not _interpreter_enabled():
+        raise ValueError(
+            f"backend='triton' needs CUDA tensors (got x on {x.device}); on CPU it runs only "
+            "through the Triton interpreter, with TRITON_INTERPRET=1 set before triton is imported"
+        )
+    return "triton"
+
+
+def _check_stream(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if t.dim() not in (3, 4):
+        raise ValueError(
+            f"{name} must have shape (N, C, H, W) or (N, C, L); got {t.dim()}-d shape "
+            f"{tuple(t.shape)}"
+        )
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float16, bfloat16, float32 or float64; got dtype {t.dtype}"
+        )
+    flat = t.flatten(2)
+    if flat.shape[1] == 0 or flat.shape[2] == 0:
+        raise ValueError(
+            f"{name} needs at least one channel and one location; got shape {tuple(t.shape)}"
+        )
+    return flat
+
+
+def _check_arguments(x: object, y: object, triu: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    x_flat = _check_stream("x", x)
+    if y is None:
+        y_flat = None
+    else:
+        y_flat = _check_stream("y", y)
+        if y.device != x.device:
+            raise ValueError(f"x and y must be on one device; got x on {x.device}, y on {y.device}")
+        if y.dtype != x.dtype:
+            raise TypeError(f"x and y must have one dtype; got x {x.dtype}, y {y.dtype}")
+        if y_flat.shape[0] != x_flat.shape[0] or y_flat.shape[2] != x_flat.shape[2]:
+            raise ValueError(
+                "y must have x's batch size N and number of locations L; got x of shape "
+                f"{tuple(x.shape)} (N={x_flat.shape[0]}, L={x_flat.shape[2]}) and y of shape "
+                f"{tuple(y.shape)} (N={y_flat.shape[0]}, L={y_flat.shape[2]})"
+            )
+        if triu:
+            raise ValueError(
+                "triu=True needs a single stream (the Gram of x with itself is symmetric); "
+                f"got a second stream y of shape {tuple(y.shape)}"
+            )
+    return x_flat, y_flat
+
+
+def check_options(eps: object, backend: object) -> None:
+    """Raise TypeError/ValueError for an ``eps`` or ``backend`` the op does not accept."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a float; got {type(eps).__name__}")
+    if not eps >= 0 or math.isinf(eps):
+        raise ValueError(f"eps must be finite and >= 0; got {eps}")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be None, 'torch' or 'triton'; got {backend!r}")
+
+
+def bilinear_pool(
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    signed_sqrt: bool = True,
+    normalize: bool = True,
+    eps: float = 1e-10,
+    triu: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """B-CNN descriptor: Gram matrix of the feature map, signed square root, L2 normalization.
+
+    Args:
+        x: feature map, (N, Cx, H, W) or (N, Cx, L); float16, bfloat16, float32 or float64;
+            any strides (a ``channels_last`` map is read in place).
+        y: optional second stream, (N, Cy, H', W') or (N, Cy, L) with the same N and the same
+            number of locations L = H·W. ``None`` pools x with itself (the usual B-CNN).
+        signed_sqrt: apply ``sign(G)·sqrt(|G| + eps)`` to each Gram entry.
+        normalize: divide each sample's descriptor by its L2 norm, exactly as
+            ``torch.nn.functional.normalize(·, dim=1)`` (norm clamped at 1e-12).
+        eps: added under the square root; must be >= 0. With eps > 0 the gradient is finite
+            everywhere, all-zero inputs included.
+        triu: single stream only: keep the upper triangle, C(C+1)/2 values per sample in
+            row-major order, off-diagonal entries times sqrt(2) so that norms and dot products
+            equal those of the full C² descriptor.
+        backend: ``None`` (Triton kernels for CUDA tensors, torch otherwise), ``"torch"`` or
+            ``"triton"`` (CPU tensors only under ``TRITON_INTERPRET=1``).
+
+    Returns:
+        (N, Cx·Cy) descriptor — the flattened ``G = X·Yᵀ / L`` after the signed square root and
+        the normalization — or (N, C(C+1)/2) with ``triu``; in x's dtype, computed with float32
+        (float64 for float64) accumulation and cast last, so a float16 map whose Gram exceeds the
+        float16 range still gives a finite result. Samples are independent: NaN or Inf in one
+        sample's features reach only that sample's row (and its gradient).
+
+    Example:
+        >>> x = torch.rand(2, 8, 7, 7)
+        >>> z = bilinear_pool(x)
+        >>> z.shape
+        torch.Size([2, 64])
+        >>> torch.allclose(z.norm(dim=1), torch.ones(2))
+        True
+    """
+    check_options(eps, backend)
+    x_flat, y_flat = _check_arguments(x, y, triu)
+    if y_flat is not None and y is x:
+        y_flat = None
+    resolved = resolve_backend(backend, x_flat)
+    out, _ = torch.ops.bcnn_triton.bilinear_pool(
+        x_flat, y_flat, signed_sqrt, normalize, float(eps), triu, resolved
+    )
+    return out
+
+
+def _output_shapes(
+    x: torch.Tensor, y: torch.Tensor | None, normalize: bool, triu: bool
+) -> tuple[tuple[int, int], tuple[int]]:
+    channels_y = x.shape[1] if y is None else y.shape[1]
+    size = descriptor_size(x.shape[1], channels_y, triu)
+    return (x.shape[0], size), ((x.shape[0],) if normalize else (0,))
+
+
+@torch.library.custom_op("bcnn_triton::bilinear_pool", mutates_args=())
+def _bilinear_pool_op(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    signed_sqrt: bool,
+    normalize: bool,
+    eps: float,
+    triu: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: (N, Cx, L), y: (N, Cy, L) or None → descriptor (N, D) and norm (N,) (or (0,))."""
+    if x.shape[0] == 0:
+        out_shape, norm_shape = _output_shapes(x, y, normalize, triu)
+        norm_dtype = compute_dtype_for(x.dtype)
+        return x.new_empty(out_shape), x.new_empty(norm_shape, dtype=norm_dtype)
+    if backend == "triton":
+        from bcnn_triton.kernels import bilinear_pool_fwd
+
+        return bilinear_pool_fwd(
+            x, y, signed_sqrt=signed_sqrt, normalize=normalize, eps=eps, triu=triu
+        )
+    return bilinear_pool_forward_torch(x, y, signed_sqrt, normalize, eps, triu)
+
+
+@_bilinear_pool_op.register_fake
+def _(x, y, signed_sqrt, normalize, eps, triu, backend):
+    out_shape, norm_shape = _output_shapes(x, y, normalize, triu)
+    norm_dtype = compute_dtype_for(x.dtype)
+    return x.new_empty(out_shape), x.new_empty(norm_shape, dtype=norm_dtype)
+
+
+@torch.library.custom_op("bcnn_triton::bilinear_pool_backward", mutates_args=())
+def _bilinear_pool_backward_op(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    out: torch.Tensor,
+    norm: torch.Tensor,
+    signed_sqrt: bool,
+    normalize: bool,
+    triu: bool,
+    backend: str,
+    needs_dx: bool,
+    needs_dy: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients (dx, dy) of the bilinear pool; dy is an empty (0,) tensor without a y."""
+    num_samples, _, locations = x.shape
+    if num_samples == 0:
+        return torch.zeros_like(x), _zeros_like_y(x, y)
+    compute_dtype = compute_dtype_for(x.dtype)
+    if backend == "triton":
+        from bcnn_triton.kernels import bilinear_pool_bwd, rowwise_dot
+
+        dot = rowwise_dot(out, grad) if normalize else None
+    else:
+        dot = rowwise_dot_torch(out, grad) if normalize else None
+    projection, scale = backward_coefficients(
+        norm, dot, signed_sqrt, normalize, locations, num_samples, x.device, compute_dtype
+    )
+    if backend == "triton":
+        dx, dy = bilinear_pool_bwd(
+            grad,
+            x,
+            y,
+            out,
+            projection,
+            scale,
+            signed_sqrt=signed_sqrt,
+            triu=triu,
+            needs_dx=needs_dx,
+            needs_dy=needs_dy,
+        )
+    else:
+        dx, dy = bilinear_pool_backward_torch(
+            grad, x, y, out, projection, scale, signed_sqrt, triu, needs_dx, needs_dy
+        )
+    dx = torch.zeros_like(x) if dx is None else dx
+    dy = _zeros_like_y(x, y) if dy is None else dy
+    return dx, dy
+
+
+def _zeros_like_y(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """A zero gradient for y, or the empty (0,) placeholder of the single-stream case."""
+    return x.new_empty(0) if y is None else torch.zeros_like(y)
+
+
+@_bilinear_pool_backward_op.register_fake
+def _(grad, x, y, out, norm, signed_sqrt, normalize, triu, backend, needs_dx, needs_dy):
+    dy = x.new_empty(0) if y is None else torch.empty_like(y)
+    return torch.empty_like(x), dy
+
+
+def _setup_context(ctx, inputs, output):
+    x, y, signed_sqrt, normalize, _eps, triu, backend = inputs
+    out, norm = output
+    ctx.save_for_backward(x, y, out, norm)
+    ctx.options = (signed_sqrt, normalize, triu, backend)
+
+
+def _backward(ctx, grad_out, _grad_norm):
+    x, y, out, norm = ctx.saved_tensors
+    signed_sqrt, normalize, triu, backend = ctx.options
+    needs_dx, needs_dy = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dx, dy = torch.ops.bcnn_triton.bilinear_pool_backward(
+        grad_out, x, y, out, norm, signed_sqrt, normalize, triu, backend, needs_dx, needs_dy
+    )
+    return (
+        dx if needs_dx else None,
+        dy if (y is not None and needs_dy) else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+_bilinear_pool_op.register_autograd(_backward, setup_context=_setup_context)
