@@ -1,0 +1,33 @@
+"""Test configuration: the Triton interpreter on CPU machines, and the gpu/interpreter markers."""
+
+import os
+
+# Must precede any import of triton: triton.jit decides interpreted or compiled at definition.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+INTERPRETER = os.environ["TRITON_INTERPRET"].strip().lower() in ("1", "true", "on", "yes")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    elif INTERPRETER:
+        skip_gpu = pytest.mark.skip(
+            reason="TRITON_INTERPRET=1: run `TRITON_INTERPRET=0 pytest -m gpu` for compiled kernels"
+        )
+    else:
+        skip_gpu = None
+    skip_interpreter = pytest.mark.skip(reason="needs TRITON_INTERPRET=1 (Triton on CPU tensors)")
+    for item in items:
+        if skip_gpu is not None and "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+        if not INTERPRETER and "interpreter" in item.keywords:
+            item.add_marker(skip_interpreter)
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    torch.manual_seed(0)
