@@ -1,0 +1,1 @@
+"""The bcnn-triton command line."""

@@ -1,0 +1,1 @@
+"""Datasets and transforms for fine-grained recognition."""

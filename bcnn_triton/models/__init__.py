@@ -1,0 +1,1 @@
+"""B-CNN models on torchvision backbones."""
