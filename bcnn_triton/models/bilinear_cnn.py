@@ -1,0 +1,146 @@
+"""BilinearCNN: backbone feature map(s) → bilinear pool → linear classifier."""
+
+from __future__ import annotations
+
+import torch
+
+from bcnn_triton.layers import BilinearPool
+from bcnn_triton.models.backbones import (
+    build_backbone,
+    check_backbone,
+    feature_channels,
+    reduction_block,
+)
+from bcnn_triton.models.base import BackboneClassifier, check_positive_int, linear_classifier
+from bcnn_triton.models.weights import WeightsSpec
+from bcnn_triton.ops import check_options
+
+__all__ = ["BilinearCNN"]
+
+
+class BilinearCNN(BackboneClassifier):
+    """Bilinear CNN (Lin, RoyChowdhury, Maji, ICCV 2015) on torchvision backbones.
+
+    images (N, 3, H, W) → backbone map X (N, C, h, w) [→ optional 1×1 reduction to
+    ``reduce_dim`` channels] → ``bilinear_pool(X)`` (N, D) → ``fc`` → logits (N, num_classes).
+    D = C² (C = 512 for vgg16: 262,144), C(C+1)/2 with ``triu``, or C1·C2 with a second stream.
+    Any H, W: the pool averages over the h·w locations of the map (the seed's ``/ (28*28)`` at
+    448 px). ``BilinearCNN("vgg16", 200)`` is the seed's ``BCNN_fc``, and ``("resnet18", 14)``
+    its ``Net``, with the same weights.
+
+    Args:
+        backbone: one of :data:`BACKBONES`.
+        num_classes: classifier outputs, >= 1.
+        weights: pretrained weights for the backbone: a torchvision weights enum member, its
+            name (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"VGG16_Weights.IMAGENET1K_V1"``), a path
+            to a saved state dict of the torchvision model, or None (random init).
+        second_backbone: a second stream (two-stream B-CNN); its map is resized (bilinear,
+            ``align_corners=False``) to the first one's h×w and pooled as the op's ``y``.
+        second_weights: like ``weights``, for the second backbone.
+        reduce_dim: if set, a 1×1 conv + BN + ReLU to this many channels on each stream
+            (for the 2048-channel resnet50/101).
+        freeze_backbone: start with the backbone frozen (see :meth:`set_backbone_frozen`).
+        signed_sqrt, normalize, eps, triu, backend: options of
+            :func:`bcnn_triton.bilinear_pool`; ``triu`` needs a single stream.
+
+    Example:
+        >>> model = BilinearCNN("tiny", num_classes=10)
+        >>> model(torch.rand(2, 3, 67, 93)).shape
+        torch.Size([2, 10])
+        >>> model.descriptor(torch.rand(2, 3, 64, 64)).shape
+        torch.Size([2, 4096])
+    """
+
+    def __init__(
+        self,
+        backbone: str = "vgg16",
+        num_classes: int = 200,
+        *,
+        weights: WeightsSpec = None,
+        second_backbone: str | None = None,
+        second_weights: WeightsSpec = None,
+        reduce_dim: int | None = None,
+        freeze_backbone: bool = False,
+        signed_sqrt: bool = True,
+        normalize: bool = True,
+        eps: float = 1e-10,
+        triu: bool = False,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        # Every argument is checked before the (slow, possibly downloading) backbones are built.
+        check_backbone(backbone)
+        if second_backbone is not None:
+            check_backbone(second_backbone, "second_backbone")
+        elif second_weights is not None:
+            raise ValueError(
+                f"second_weights needs a second_backbone; got second_weights={second_weights!r} "
+                "with second_backbone=None"
+            )
+        if triu and second_backbone is not None:
+            raise ValueError(
+                "triu=True needs a single stream (only the Gram of a map with itself is "
+                f"symmetric); got triu=True with second_backbone={second_backbone!r}"
+            )
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("reduce_dim", reduce_dim, optional=True)
+        check_options(eps, backend)
+
+        self.features = build_backbone(backbone, weights)
+        self.second_features = (
+            None if second_backbone is None else build_backbone(second_backbone, second_weights)
+        )
+        self.reduction = (
+            None if reduce_dim is None else reduction_block(feature_channels(backbone), reduce_dim)
+        )
+        self.second_reduction = (
+            None
+            if reduce_dim is None or second_backbone is None
+            else reduction_block(feature_channels(second_backbone), reduce_dim)
+        )
+        self.pool = BilinearPool(
+            signed_sqrt=signed_sqrt, normalize=normalize, eps=eps, triu=triu, backend=backend
+        )
+        channels = reduce_dim or feature_channels(backbone)
+        second_channels = None
+        if second_backbone is not None:
+            second_channels = reduce_dim or feature_channels(second_backbone)
+        self.fc = linear_classifier(self.pool.output_size(channels, second_channels), num_classes)
+
+        self._config = {
+            "head": "bilinear",
+            "backbone": backbone,
+            "num_classes": int(num_classes),
+            "weights": None,
+            "second_backbone": second_backbone,
+            "second_weights": None,
+            "reduce_dim": None if reduce_dim is None else int(reduce_dim),
+            "signed_sqrt": bool(signed_sqrt),
+            "normalize": bool(normalize),
+            "eps": float(eps),
+            "triu": bool(triu),
+            "backend": backend,
+        }
+        self._set_min_input_size(backbone, second_backbone)
+        self.set_backbone_frozen(freeze_backbone)
+
+    def descriptor(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled B-CNN descriptor before the classifier: (N, 3, H, W) → (N, D)."""
+        self._check_images(images)
+        x = self.features(images)
+        if self.reduction is not None:
+            x = self.reduction(x)
+        if self.second_features is None:
+            return self.pool(x)
+        y = self.second_features(images)
+        if self.second_reduction is not None:
+            y = self.second_reduction(y)
+        if y.shape[-2:] != x.shape[-2:]:
+            y = torch.nn.functional.interpolate(
+                y, size=x.shape[-2:], mode="bilinear", align_corners=False
+            )
+        return self.pool(x, y)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits: (N, 3, H, W) → (N, num_classes)."""
+        return self.fc(self.descriptor(images))

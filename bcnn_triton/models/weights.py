@@ -1,0 +1,141 @@
+"""Pretrained backbone weights: a torchvision weights enum, its name, or a local state-dict file.
+
+Enum weights are read from torchvision's cache (``$TORCH_HOME/hub/checkpoints``) and downloaded
+there when missing, as torchvision does; where that cannot happen (no network, or a local file
+that does not exist) one :class:`WeightsUnavailableError` says how to pass a local file instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torchvision.models import WeightsEnum, get_model_weights
+
+__all__ = ["WeightsSpec", "WeightsUnavailableError", "load_weights", "resolve_weights"]
+
+#: What the ``weights`` argument of the models accepts.
+WeightsSpec = WeightsEnum | str | os.PathLike | None
+
+# A string with one of these endings, or with a path separator, is a file name, never a weight
+# name: a missing file then reads as a missing file, not as an unknown enum member.
+_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights that could be neither found locally nor downloaded."""
+
+
+def _cache_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _looks_like_path(name: str) -> bool:
+    return os.sep in name or "/" in name or name.lower().endswith(_FILE_SUFFIXES)
+
+
+def resolve_weights(backbone: str, weights: WeightsSpec) -> WeightsEnum | Path | None:
+    """The weights enum member or the local file that ``weights`` names for ``backbone``.
+
+    ``weights`` is None, a member of the backbone's torchvision enum, a name of one
+    (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"VGG16_Weights.IMAGENET1K_V1"``), or a path to a
+    state-dict file. Backbones outside torchvision (``"tiny"``) take only a path.
+
+    Raises:
+        ValueError: a name or enum member that does not belong to this backbone.
+        WeightsUnavailableError: a path to a file that does not exist.
+
+    Example:
+        >>> resolve_weights("vgg16", "DEFAULT")
+        VGG16_Weights.IMAGENET1K_V1
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, os.PathLike):
+        return _existing_file(backbone, Path(weights))
+    enum = _weights_enum(backbone)
+    if isinstance(weights, WeightsEnum):
+        if enum is None or not isinstance(weights, enum):
+            raise ValueError(
+                f"weights={weights!r} are not weights of backbone {backbone!r}; "
+                f"{_accepted_weights(backbone, enum)}"
+            )
+        return weights
+    if not isinstance(weights, str):
+        raise TypeError(
+            "weights must be None, a torchvision weights enum member, its name or a file path; "
+            f"got {type(weights).__name__}"
+        )
+    if enum is not None and not _looks_like_path(weights):
+        try:
+            return enum.verify(weights)
+        except KeyError:
+            pass
+    if _looks_like_path(weights) or Path(weights).is_file():
+        return _existing_file(backbone, Path(weights))
+    raise ValueError(
+        f"weights={weights!r} is neither a weight name of backbone {backbone!r} nor an existing "
+        f"file; {_accepted_weights(backbone, enum)}"
+    )
+
+
+def load_weights(backbone: str, weights: WeightsEnum | Path) -> dict[str, torch.Tensor]:
+    """The state dict of resolved ``weights``: read from the file, the cache, or downloaded.
+
+    Raises:
+        WeightsUnavailableError: the enum's file is not cached and cannot be downloaded.
+        ValueError: the file cannot be read as a state dict.
+    """
+    if isinstance(weights, Path):
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(
+                f"weights file {str(weights)!r} for backbone {backbone!r} cannot be read as a "
+                f"state dict: {err}"
+            ) from err
+        if not isinstance(state, dict):
+            raise ValueError(
+                f"weights file {str(weights)!r} for backbone {backbone!r} holds a "
+                f"{type(state).__name__}, not a state dict"
+            )
+        return state
+    try:
+        # Called through the module attribute (as torchvision's own loader is not) so the
+        # download can be replaced in tests; a cached file is read without any network access.
+        return torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True)
+    except OSError as err:
+        file_name = weights.url.rsplit("/", 1)[-1]
+        raise WeightsUnavailableError(
+            f"pretrained weights {weights!r} for backbone {backbone!r} could not be had offline: "
+            f"{file_name} is not in torchvision's cache ($TORCH_HOME/hub/checkpoints, here "
+            f"{_cache_dir()}) and downloading {weights.url} failed ({type(err).__name__}: "
+            f"{err}). Copy the file into that folder, or pass a local file: "
+            f'weights="/path/to/{file_name}"'
+        ) from err
+
+
+def _weights_enum(backbone: str) -> type[WeightsEnum] | None:
+    try:
+        return get_model_weights(backbone)
+    except ValueError:
+        return None
+
+
+def _accepted_weights(backbone: str, enum: type[WeightsEnum] | None) -> str:
+    if enum is None:
+        return f"backbone {backbone!r} has no torchvision weights: pass a path to a state-dict file"
+    names = ", ".join(enum.__members__)
+    return f"backbone {backbone!r} accepts {enum.__name__}.{{{names}}}, or a path to a file"
+
+
+def _existing_file(backbone: str, path: Path) -> Path:
+    path = path.expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"weights file {str(path)!r} for backbone {backbone!r} does not exist; pass the path "
+            f"of a saved state dict (torchvision's downloads are in $TORCH_HOME/hub/checkpoints, "
+            f"here {_cache_dir()})"
+        )
+    return path
