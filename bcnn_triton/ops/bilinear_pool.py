@@ -134,7 +134,7 @@ def check_options(eps: object, backend: object) -> None:
     """Raise TypeError/ValueError for an ``eps`` or ``backend`` the op does not accept."""
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TypeError(f"eps must be a float; got {type(eps).__name__}")
-    if not eps >= 0 or math.isinf(eps):
+    if not 0 <= eps < math.inf:  # also refuses NaN
         raise ValueError(f"eps must be finite and >= 0; got {eps}")
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be None, 'torch' or 'triton'; got {backend!r}")
@@ -184,9 +184,9 @@ def bilinear_pool(
         True
     """
     check_options(eps, backend)
+    if y is x:
+        y = None  # the same map twice is the single-stream case: symmetric, half the work
     x_flat, y_flat = _check_arguments(x, y, triu)
-    if y_flat is not None and y is x:
-        y_flat = None
     resolved = resolve_backend(backend, x_flat)
     out, _ = torch.ops.bcnn_triton.bilinear_pool(
         x_flat, y_flat, signed_sqrt, normalize, float(eps), triu, resolved
