@@ -1,4 +1,4 @@
-"""Forward of the bilinear pool: a tiled Gram with a fused signed-sqrt epilogue, then a scaling pass.
+"""Forward of the bilinear pool: tiled Gram, fused signed-sqrt epilogue, then a scaling pass.
 
 ``_bilinear_pool_fwd_kernel`` computes one (BLOCK_C × BLOCK_C) tile of G = X·Yᵀ/L per program
 with a float32 accumulator; the epilogue applies the signed square root, stores the tile in the

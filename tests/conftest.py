@@ -5,8 +5,8 @@ import os
 # Must precede any import of triton: triton.jit decides interpreted or compiled at definition.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 INTERPRETER = os.environ["TRITON_INTERPRET"].strip().lower() in ("1", "true", "on", "yes")
 

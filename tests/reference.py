@@ -33,10 +33,8 @@ def bilinear_pool_reference(
     if triu:
         channels = gram.shape[1]
         rows, cols = torch.triu_indices(channels, channels)
-        weights = torch.tensor(
-            [1.0 if r == c else math.sqrt(2.0) for r, c in zip(rows.tolist(), cols.tolist())],
-            dtype=torch.float64,
-        )
+        weights = torch.full(rows.shape, math.sqrt(2.0), dtype=torch.float64)
+        weights[rows == cols] = 1.0
         descriptor = gram[:, rows, cols] * weights
     else:
         descriptor = gram.reshape(gram.shape[0], -1)
@@ -57,7 +55,7 @@ def seed_bilinear_pool(x: torch.Tensor) -> torch.Tensor:
 def feature_like(
     *shape: int, dtype: torch.dtype = torch.float32, dead: float = 0.0
 ) -> torch.Tensor:
-    """A ReLU-like feature map (non-negative, as relu5_3); ``dead``: fraction of all-zero channels (rounded down).
+    """A ReLU-like feature map (non-negative, as relu5_3) with a fraction ``dead`` of zero channels.
 
     Its Gram entries are positive and away from zero, where the signed square root is well
     conditioned; float32 results then agree with float64 to float32 rounding.

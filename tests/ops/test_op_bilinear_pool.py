@@ -143,7 +143,7 @@ def test_gradients_match_reference(shape, dtype, options):
 
     ref_inputs = [t.detach().to(torch.float64).requires_grad_() for t in inputs]
     (bilinear_pool_reference(*ref_inputs, **options) * weights).sum().backward()
-    for ours, ref in zip(inputs, ref_inputs):
+    for ours, ref in zip(inputs, ref_inputs, strict=True):
         assert ours.grad.dtype == dtype
         assert ours.grad.shape == ours.shape
         assert_close_scaled(ours.grad, ref.grad, GRAD_TOLERANCES[dtype])
@@ -303,7 +303,7 @@ def test_compile_fullgraph_matches_eager():
     eager_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     compiled(images).sum().backward()
-    for eager_grad, p in zip(eager_grads, model.parameters()):
+    for eager_grad, p in zip(eager_grads, model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, eager_grad)
 
 
