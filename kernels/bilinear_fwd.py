@@ -116,10 +116,11 @@ def _bilinear_pool_fwd_kernel(
     )
     leading_cell = (cell[:, None] == 0) & (cell[None, :] == 0)
 
-    if SELF and pid_m > pid_n:
-        # Below the diagonal: the mirror of tile (pid_n, pid_m) covers it.
-        tl.store(cell_ptrs, tl.zeros((CELLS, CELLS), tl.float32), mask=cell_mask)
-        return
+    if SELF:
+        if pid_m > pid_n:
+            # Below the diagonal: the mirror of tile (pid_n, pid_m) covers it.
+            tl.store(cell_ptrs, tl.zeros((CELLS, CELLS), tl.float32), mask=cell_mask)
+            return
 
     offs_m = pid_m * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_n = pid_n * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -145,13 +146,15 @@ def _bilinear_pool_fwd_kernel(
         desc = tl.where(gram == 0, 0.0, tl.where(gram < 0, -root, root))
     else:
         desc = gram
-    weight = 1.0
     if SELF:
-        if pid_m == pid_n:
-            # Make the diagonal tile exactly symmetric: the backward reads z[i, j] for z[j, i].
-            desc = tl.where(offs_m[:, None] <= offs_n[None, :], desc, tl.trans(desc))
-        else:
-            weight = 2.0  # the mirror tile holds the same squares
+        desc_t = tl.trans(desc)
+        on_diagonal = pid_m == pid_n
+        # A diagonal tile is made exactly symmetric (the backward reads z[i, j] for z[j, i]);
+        # an off-diagonal tile's squares count twice, once more for its mirror.
+        desc = tl.where(on_diagonal & (offs_m[:, None] > offs_n[None, :]), desc_t, desc)
+        weight = tl.where(on_diagonal, 1.0, 2.0)
+    else:
+        weight = 1.0
     tile_sumsq = tl.sum(tl.sum(desc * desc, axis=1), axis=0) * weight
     tl.store(cell_ptrs, tl.where(leading_cell, tile_sumsq, 0.0), mask=cell_mask)
 
@@ -170,12 +173,10 @@ def _bilinear_pool_fwd_kernel(
         tl.store(
             out_base + offs_m[:, None] * C_Y + offs_n[None, :], desc.to(out_dtype), mask=tile_mask
         )
-        if SELF and pid_m != pid_n:
-            tl.store(
-                out_base + offs_n[:, None] * C_Y + offs_m[None, :],
-                tl.trans(desc).to(out_dtype),
-                mask=mask_n[:, None] & mask_m[None, :],
-            )
+        if SELF:
+            if pid_m != pid_n:
+                mirror = out_base + offs_n[:, None] * C_Y + offs_m[None, :]
+                tl.store(mirror, desc_t.to(out_dtype), mask=mask_n[:, None] & mask_m[None, :])
 
 
 @triton.jit
