@@ -84,14 +84,13 @@ def build_backbone(name: str, weights: WeightsSpec = None) -> nn.Sequential:
     """
     check_backbone(name)
     resolved = resolve_weights(name, weights)
+    # Weights first: a missing download fails before seconds are spent on a random init.
+    state = None if resolved is None else load_weights(name, resolved)
+    model = _tiny_features() if name == "tiny" else torchvision.models.get_model(name)
+    if state is not None:
+        _load_strict(model, state, name, resolved)
     if name == "tiny":
-        features = _tiny_features()
-        if resolved is not None:
-            _load_strict(features, load_weights(name, resolved), name, resolved)
-        return features
-    model = torchvision.models.get_model(name, weights=None)
-    if resolved is not None:
-        _load_strict(model, load_weights(name, resolved), name, resolved)
+        return model
     if name.startswith("vgg"):
         # Keeps torchvision's indices, so features.state_dict() keys match the seed's model.
         return nn.Sequential(*list(model.features.children())[:-1])

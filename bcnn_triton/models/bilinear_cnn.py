@@ -68,7 +68,7 @@ class BilinearCNN(BackboneClassifier):
         backend: str | None = None,
     ) -> None:
         super().__init__()
-        # Every argument is checked before the (slow, possibly downloading) backbones are built.
+        # Arguments are checked before the backbones, slow to build (or to download), are built.
         check_backbone(backbone)
         if second_backbone is not None:
             check_backbone(second_backbone, "second_backbone")
