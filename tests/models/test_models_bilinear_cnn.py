@@ -89,11 +89,13 @@ def test_tiny_backbone_is_small():
     ids=["67x93", "32x200", "9x9"],
 )
 def test_any_input_size_pools_over_the_map_locations(backbone, size):
-    model = BilinearCNN(backbone, num_classes=5).eval()
+    # Unnormalised, so that the 1/L scale of the Gram (L from the map) shows in the descriptor.
+    model = BilinearCNN(backbone, num_classes=5, normalize=False).eval()
     images = torch.randn(2, 3, *size)
     feature_map = model.features(images)
     assert feature_map.shape[-2:] == tuple(math.ceil(s / STRIDES[backbone]) for s in size)
-    assert_matches_reference(model.descriptor(images), pool_reference(feature_map))
+    expected = pool_reference(feature_map, normalize=False)
+    assert_matches_reference(model.descriptor(images), expected)
     logits = model(images)
     assert logits.shape == (2, 5)
     assert torch.isfinite(logits).all()

@@ -124,26 +124,27 @@ def assert_same_outputs(ours, seed) -> None:
         assert_close_to_scale(our_grad, seed_grad, f"gradient of the seed's {name}")
 
 
-def check_vgg_parity(vgg_models, image_size: int, batch: int) -> None:
+def test_vgg16_matches_seed_bcnn_fc_at_small_size(vgg_models):
     seed, ours = vgg_models
-    seed.feature_side = image_size // 16
-    images = torch.randn(batch, 3, image_size, image_size)
-    labels = torch.randint(0, 200, (batch,))
+    # 64 px → a 4×4 map: the seed's formula with 4·4 in place of 28·28.
+    seed.feature_side = 4
+    images = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 200, (2,))
     assert_same_outputs(
         logits_and_gradients(ours, ours.features, ours.fc, images, labels),
         logits_and_gradients(seed, seed.features, seed.fc, images, labels),
     )
 
 
-def test_vgg16_matches_seed_bcnn_fc_at_small_size(vgg_models):
-    # 64 px → a 4×4 map: the seed's formula with 4·4 in place of 28·28.
-    check_vgg_parity(vgg_models, image_size=64, batch=2)
-
-
 @pytest.mark.slow
 def test_vgg16_matches_seed_bcnn_fc_at_448(vgg_models):
-    # The seed's own size: its `/ (28 * 28)` is the 1/L the op divides by.
-    check_vgg_parity(vgg_models, image_size=448, batch=1)
+    seed, ours = vgg_models
+    # The seed's own size and formula, untouched. Logits only: the gradients are compared at
+    # 64 px above, and a backward pass here would triple the cost of this test.
+    seed.feature_side = 28
+    images = torch.randn(1, 3, 448, 448)
+    with torch.no_grad():
+        assert_close_to_scale(ours(images), seed(images), "logits")
 
 
 @pytest.fixture(scope="module")
