@@ -1,0 +1,118 @@
+"""What the benchmarks time: the seed's eager pooling, bare bmm, torch.compile, the op.
+
+Each implementation maps a feature map (N, C, H, W) to its (N, C²) descriptor (``bmm`` to the
+raw Gram). ``roofline`` gives the work of a case and the lower bound on its time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bcnn_triton import bilinear_pool
+
+
+def seed_pool(x: torch.Tensor) -> torch.Tensor:
+    """The seed article's pooling in eager PyTorch: bmm, signed sqrt, F.normalize."""
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h * w)
+    x = torch.bmm(x, torch.transpose(x, 1, 2)) / (h * w)
+    x = torch.sign(x) * torch.sqrt(torch.abs(x) + 1e-10)
+    return F.normalize(x.reshape(n, c * c))
+
+
+def bmm_gram(x: torch.Tensor) -> torch.Tensor:
+    """The Gram alone through cuBLAS/MKL: the GEMM every implementation has to beat."""
+    x = x.flatten(2)
+    return torch.bmm(x, x.transpose(1, 2))
+
+
+def torch_path(x: torch.Tensor) -> torch.Tensor:
+    """The op forced onto its torch path (the CPU implementation)."""
+    return bilinear_pool(x, backend="torch")
+
+
+def fused(x: torch.Tensor) -> torch.Tensor:
+    """The op with its automatic backend: the Triton kernels on CUDA."""
+    return bilinear_pool(x)
+
+
+_compiled: dict[str, object] = {}
+
+
+def compiled_seed_pool(x: torch.Tensor) -> torch.Tensor:
+    """``torch.compile(mode="max-autotune")`` of the seed's pooling, specialised per shape."""
+    if "seed" not in _compiled:
+        # One static graph per (shape, dtype, grad mode): raise dynamo's recompile limit so that
+        # later cases are compiled too instead of silently falling back to eager.
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, name, 64)
+        _compiled["seed"] = torch.compile(seed_pool, mode="max-autotune", dynamic=False)
+    return _compiled["seed"](x)
+
+
+IMPLEMENTATIONS = {
+    "eager": seed_pool,
+    "compile": compiled_seed_pool,
+    "bmm": bmm_gram,
+    "fused": fused,
+    "torch_path": torch_path,
+}
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """Work of one case and its time floor on a device."""
+
+    flops: float  # nominal: the full Gram (2·N·C²·L), plus one C×C×L GEMM per sample backward
+    bytes: float  # minimum traffic: read X once, write the descriptor once (and the backward's)
+    floor_ms: float  # max(bytes / bandwidth, flops / peak)
+
+
+# Vendor peaks (dense): HBM bandwidth in B/s and matmul throughput in FLOP/s per input dtype.
+DEVICE_PEAKS = {
+    "H100": (3.35e12, {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12, "float32": 67e12}),
+    "H200": (4.8e12, {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12, "float32": 67e12}),
+}
+
+
+def device_peaks(name: str) -> tuple[float, dict[str, float]] | None:
+    """Peak bandwidth and FLOP rates of a GPU known by name (e.g. "NVIDIA H100 80GB HBM3")."""
+    for key, peaks in DEVICE_PEAKS.items():
+        if key in name:
+            return peaks
+    return None
+
+
+def roofline(
+    mode: str, n: int, c: int, locations: int, element_size: int, bandwidth: float, peak: float
+) -> Roofline:
+    """mode "fwd" or "fwd+bwd"; bandwidth in B/s, peak in FLOP/s."""
+    features = n * c * locations * element_size
+    descriptor = n * c * c * element_size
+    flops = 2.0 * n * c * c * locations
+    traffic = features + descriptor
+    if mode == "fwd+bwd":
+        flops *= 2.0
+        # read the gradient, the saved descriptor and X; write dX
+        traffic += 2 * descriptor + 2 * features
+    floor_s = max(traffic / bandwidth, flops / peak)
+    return Roofline(flops=flops, bytes=float(traffic), floor_ms=floor_s * 1e3)
+
+
+def saved_for_backward_bytes(fn, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd keeps between fn(x) and its backward."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    leaf = x.detach().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(leaf)
+    return sum(storages.values())

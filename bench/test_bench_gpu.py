@@ -1,0 +1,128 @@
+"""GPU benchmark: seed eager, torch.compile(max-autotune) of it, bare bmm and the fused op.
+
+    TRITON_INTERPRET=0 pytest bench/test_bench_gpu.py --benchmark-only --benchmark-json=gpu.json
+    python bench/summarize.py gpu.json --out DIR
+
+C = 512, 28×28, N ∈ {32, 8, 64} (N = 32 first: the targets are set there), float32 (PyTorch's
+default "highest" precision, and TF32 at N = 32), bfloat16; forward (under no_grad) and
+forward+backward. Each case records in ``extra_info``: ``ms`` (median of CUDA-event timings by
+``triton.testing.do_bench``, cold L2), ``peak_mb`` (peak allocation during one call beyond the
+inputs), achieved TFLOP/s and GB/s against the case's nominal work, and ``floor_ms`` (roofline).
+pytest-benchmark's own statistics time the same call followed by a synchronize.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from bench_impls import IMPLEMENTATIONS, device_peaks, roofline
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CHANNELS, SIDE = 512, 28
+DTYPES = {
+    "bfloat16": (torch.bfloat16, "highest"),
+    "float32": (torch.float32, "highest"),
+    "tf32": (torch.float32, "high"),
+}
+CASES = [
+    (n, dtype)
+    for n, dtypes in (
+        (32, ("bfloat16", "float32", "tf32")),
+        (8, ("bfloat16", "float32")),
+        (64, ("bfloat16", "float32")),
+    )
+    for dtype in dtypes
+]
+
+
+@pytest.fixture
+def precision(request):
+    previous = torch.get_float32_matmul_precision()
+    yield lambda value: torch.set_float32_matmul_precision(value)
+    torch.set_float32_matmul_precision(previous)
+
+
+def _call(impl, mode, x, grad):
+    fn = IMPLEMENTATIONS[impl]
+    compiled = impl == "compile"
+
+    def forward():
+        if compiled:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.no_grad():
+            return fn(x)
+
+    def forward_backward():
+        if compiled:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = fn(x)
+        if impl == "bmm":
+            out.backward(grad.view(out.shape))
+        else:
+            out.backward(grad)
+        x.grad = None
+
+    return forward if mode == "fwd" else forward_backward
+
+
+def _peak_mb(call) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    call()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+@pytest.mark.parametrize("impl", ["fused", "eager", "compile", "bmm"])
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize(("n", "dtype"), CASES, ids=[f"N{n}-{d}" for n, d in CASES])
+def test_gpu(benchmark, precision, impl, mode, n, dtype):
+    import triton
+
+    torch_dtype, matmul_precision = DTYPES[dtype]
+    precision(matmul_precision)
+    x = torch.relu(torch.randn(n, CHANNELS, SIDE, SIDE, device="cuda")).to(torch_dtype)
+    grad = torch.randn(n, CHANNELS * CHANNELS, device="cuda", dtype=torch_dtype)
+    if mode == "fwd+bwd":
+        x.requires_grad_()
+    call = _call(impl, mode, x, grad)
+    call()  # compile, autotune
+
+    ms = triton.testing.do_bench(call, warmup=25, rep=100, return_mode="median")
+    peak_mb = _peak_mb(call)
+    name = torch.cuda.get_device_name()
+    peaks = device_peaks(name)
+    info = dict(
+        impl=impl,
+        mode=mode,
+        dtype=dtype,
+        N=n,
+        C=CHANNELS,
+        L=SIDE * SIDE,
+        ms=ms,
+        peak_mb=peak_mb,
+        device=name,
+        torch=torch.__version__,
+        triton=triton.__version__,
+    )
+    if peaks is not None:
+        bandwidth, flop_rates = peaks
+        work = roofline(
+            mode, n, CHANNELS, SIDE * SIDE, x.element_size(), bandwidth, flop_rates[dtype]
+        )
+        info.update(
+            floor_ms=work.floor_ms,
+            tflops=work.flops / ms / 1e9,
+            gbs=work.bytes / ms / 1e6,
+            floor_ratio=ms / work.floor_ms,
+        )
+    benchmark.group = f"{mode} N={n} {dtype}"
+    benchmark.extra_info.update(info)
+
+    def synced():
+        call()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(synced, rounds=20, warmup_rounds=2)
