@@ -238,19 +238,6 @@ def test_backward_keeps_only_inputs_output_and_norm():
     assert saved_bytes == kept
 
 
-def test_bilinear_pool_module():
-    pool = BilinearPool(triu=True, eps=1e-8)
-    assert "triu=True" in repr(pool) and "eps=1e-08" in repr(pool)
-    assert pool.output_size(10) == 55
-    x = feature_like(2, 10, 3, 3)
-    torch.testing.assert_close(pool(x), bilinear_pool(x, triu=True, eps=1e-8))
-    assert list(pool.parameters()) == []
-    with pytest.raises(ValueError, match="backend"):
-        BilinearPool(backend="cuda")
-    with pytest.raises(ValueError, match="eps"):
-        BilinearPool(eps=-1.0)
-
-
 # ---------------------------------------------------------------- registration and compile
 
 
