@@ -1,0 +1,32 @@
+"""README.md: its two commands are the ones CI runs, and what they name exists."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    first_block = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return [line.split("  #")[0].strip() for line in first_block.group(1).splitlines()]
+
+
+def test_readme_starts_with_the_main_job_and_the_test_command():
+    main_job, tests = _readme_commands()
+    assert main_job == "pip install -e '.[plot]' && bcnn-triton train"
+    assert tests == "pip install -e '.[test]' && python -m pytest"
+
+
+def test_ci_runs_the_readme_test_command():
+    install, run = _readme_commands()[1].split(" && ")
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert install in ci and run in ci
+
+
+def test_readme_extras_and_console_script_exist():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert {"plot", "test"} <= set(project["optional-dependencies"])
+    assert project["scripts"]["bcnn-triton"] == "bcnn_triton.cli:main"
