@@ -36,12 +36,7 @@ def _bwd_configs() -> list[triton.Config]:
             num_warps=warps,
             num_stages=stages,
         )
-        for block_a, block_b, block_l, warps, stages in (
-            (128, 32, 128, 8, 3),
-            (128, 64, 64, 8, 3),
-            (64, 64, 128, 4, 3),
-            (64, 32, 64, 4, 4),
-        )
+        for block_a, block_b, block_l, warps, stages in ((128, 32, 128, 8, 3), (64, 32, 64, 4, 4))
     ]
 
 
