@@ -9,6 +9,10 @@ forward+backward. Each case records in ``extra_info``: ``ms`` (median of CUDA-ev
 ``triton.testing.do_bench``, cold L2), ``peak_mb`` (peak allocation during one call beyond the
 inputs), achieved TFLOP/s and GB/s against the case's nominal work, and ``floor_ms`` (roofline).
 pytest-benchmark's own statistics time the same call followed by a synchronize.
+
+``test_train_step`` (last: the budget may skip it) times one optimizer step of
+``BilinearCNN("vgg16")`` at 448×448, batch 16, bfloat16 autocast, with the fused op and with
+the seed's eager pooling swapped in, frozen backbone and full fine-tuning.
 """
 
 from __future__ import annotations
@@ -126,3 +130,58 @@ def test_gpu(benchmark, precision, impl, mode, n, dtype):
         torch.cuda.synchronize()
 
     benchmark.pedantic(synced, rounds=20, warmup_rounds=2)
+
+
+class _SeedPool(torch.nn.Module):
+    """The seed's eager pooling in place of BilinearCNN's fused op."""
+
+    def forward(self, x, y=None):
+        return IMPLEMENTATIONS["eager"](x)
+
+
+@pytest.mark.parametrize("stage", ["frozen", "full"])
+@pytest.mark.parametrize("pool", ["fused", "eager"])
+def test_train_step(benchmark, pool, stage):
+    """One SGD step of BilinearCNN("vgg16"), 448×448, batch 16, bfloat16 autocast."""
+    import triton
+
+    from bcnn_triton import BilinearCNN
+
+    model = BilinearCNN("vgg16", num_classes=200, freeze_backbone=stage == "frozen").cuda()
+    if pool == "eager":
+        model.pool = _SeedPool()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+    images = torch.randn(16, 3, 448, 448, device="cuda")
+    labels = torch.randint(0, 200, (16,), device="cuda")
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    ms = triton.testing.do_bench(step, warmup=5, rep=200, return_mode="median")
+    peak_mb = _peak_mb(step)
+    benchmark.group = "train step vgg16 448px N=16 bf16"
+    benchmark.extra_info.update(
+        impl=pool,
+        mode=f"train-{stage}",
+        dtype="bfloat16-autocast",
+        N=16,
+        C=512,
+        L=784,
+        ms=ms,
+        peak_mb=peak_mb,
+        device=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+    )
+
+    def synced():
+        step()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(synced, rounds=5, warmup_rounds=1)
