@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from reference import bilinear_pool_reference
 from torch import nn
 
 from bcnn_triton.models import (
@@ -30,17 +31,6 @@ STRIDES = {
     "resnet101": 32,
     "tiny": 8,
 }
-
-
-def pool_reference(x, y=None, *, signed_sqrt=True, normalize=True, eps=1e-10):
-    """The B-CNN descriptor of maps x (N, Cx, H, W) and y (N, Cy, H, W), in float64."""
-    x = x.flatten(2).double()
-    y = x if y is None else y.flatten(2).double()
-    gram = torch.einsum("nil,njl->nij", x, y) / x.shape[2]
-    if signed_sqrt:
-        gram = gram.sign() * (gram.abs() + eps).sqrt()
-    descriptor = gram.flatten(1)
-    return torch.nn.functional.normalize(descriptor) if normalize else descriptor
 
 
 def assert_matches_reference(actual, reference):
@@ -94,7 +84,7 @@ def test_any_input_size_pools_over_the_map_locations(backbone, size):
     images = torch.randn(2, 3, *size)
     feature_map = model.features(images)
     assert feature_map.shape[-2:] == tuple(math.ceil(s / STRIDES[backbone]) for s in size)
-    expected = pool_reference(feature_map, normalize=False)
+    expected = bilinear_pool_reference(feature_map, normalize=False)
     assert_matches_reference(model.descriptor(images), expected)
     logits = model(images)
     assert logits.shape == (2, 5)
@@ -118,7 +108,7 @@ def test_op_options_pass_through(options):
         assert getattr(model.pool, name) == value
     images = torch.randn(2, 3, 40, 48)
     reference_options = {k: v for k, v in options.items() if k != "backend"}
-    expected = pool_reference(model.features(images), **reference_options)
+    expected = bilinear_pool_reference(model.features(images), **reference_options)
     assert_matches_reference(model.descriptor(images), expected)
 
 
@@ -166,7 +156,7 @@ def test_two_stream_resizes_the_second_map_and_pools_both(vgg_resnet_model):
     descriptor = model.descriptor(images)
     assert descriptor.shape == (2, 512 * 512)
     assert model.fc.in_features == 512 * 512
-    assert_matches_reference(descriptor, pool_reference(first, resized))
+    assert_matches_reference(descriptor, bilinear_pool_reference(first, resized))
 
 
 def test_two_stream_gradients_reach_both_backbones(vgg_resnet_model):
