@@ -42,16 +42,26 @@ def fused(x: torch.Tensor) -> torch.Tensor:
 _compiled: dict[str, object] = {}
 
 
-def compiled_seed_pool(x: torch.Tensor) -> torch.Tensor:
-    """``torch.compile(mode="max-autotune")`` of the seed's pooling, specialised per shape."""
-    if "seed" not in _compiled:
+def _compiled_seed_pool(mode: str):
+    if mode not in _compiled:
         # One static graph per (shape, dtype, grad mode): raise dynamo's recompile limit so that
         # later cases are compiled too instead of silently falling back to eager.
         config = torch._dynamo.config
         name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
         setattr(config, name, 64)
-        _compiled["seed"] = torch.compile(seed_pool, mode="max-autotune", dynamic=False)
-    return _compiled["seed"](x)
+        _compiled[mode] = torch.compile(seed_pool, mode=mode, dynamic=False)
+    return _compiled[mode]
+
+
+def compiled_seed_pool(x: torch.Tensor) -> torch.Tensor:
+    """``torch.compile(mode="max-autotune")`` of the seed's pooling, specialised per shape."""
+    return _compiled_seed_pool("max-autotune")(x)
+
+
+def compiled_seed_pool_without_cudagraphs(x: torch.Tensor) -> torch.Tensor:
+    """The same kernels without CUDA graphs, for memory: a graph replay allocates nothing, so
+    ``max_memory_allocated`` would not see the memory its private pool holds."""
+    return _compiled_seed_pool("max-autotune-no-cudagraphs")(x)
 
 
 IMPLEMENTATIONS = {
@@ -61,6 +71,8 @@ IMPLEMENTATIONS = {
     "fused": fused,
     "torch_path": torch_path,
 }
+#: Where peak memory is measured with a different callable than the timing.
+MEMORY_IMPLEMENTATIONS = {"compile": compiled_seed_pool_without_cudagraphs}
 
 
 @dataclass(frozen=True)

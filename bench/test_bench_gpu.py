@@ -7,7 +7,7 @@ C = 512, 28×28, N ∈ {32, 8, 64} (N = 32 first: the targets are set there), fl
 default "highest" precision, and TF32 at N = 32), bfloat16; forward (under no_grad) and
 forward+backward. Each case records in ``extra_info``: ``ms`` (median of CUDA-event timings by
 ``triton.testing.do_bench``, cold L2), ``peak_mb`` (peak allocation during one call beyond the
-inputs), achieved TFLOP/s and GB/s against the case's nominal work, and ``floor_ms`` (roofline).
+inputs; for torch.compile measured on the same kernels without CUDA graphs), achieved TFLOP/s and GB/s against the case's nominal work, and ``floor_ms`` (roofline).
 pytest-benchmark's own statistics time the same call followed by a synchronize.
 
 ``test_train_step`` (last: the budget may skip it) times one optimizer step of
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bench_impls import IMPLEMENTATIONS, device_peaks, roofline
+from bench_impls import IMPLEMENTATIONS, MEMORY_IMPLEMENTATIONS, device_peaks, roofline
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -47,8 +47,8 @@ def precision(request):
     torch.set_float32_matmul_precision(previous)
 
 
-def _call(impl, mode, x, grad):
-    fn = IMPLEMENTATIONS[impl]
+def _call(impl, mode, x, grad, fn=None):
+    fn = fn or IMPLEMENTATIONS[impl]
     compiled = impl == "compile"
 
     def forward():
@@ -95,7 +95,13 @@ def test_gpu(benchmark, precision, impl, mode, n, dtype):
     call()  # compile, autotune
 
     ms = triton.testing.do_bench(call, warmup=25, rep=100, return_mode="median")
-    peak_mb = _peak_mb(call)
+    memory_fn = MEMORY_IMPLEMENTATIONS.get(impl)
+    if memory_fn is None:
+        peak_mb = _peak_mb(call)
+    else:
+        memory_call = _call(impl, mode, x, grad, memory_fn)
+        memory_call()
+        peak_mb = _peak_mb(memory_call)
     name = torch.cuda.get_device_name()
     peaks = device_peaks(name)
     info = dict(
