@@ -7,8 +7,9 @@ C = 512, 28×28, N ∈ {32, 8, 64} (N = 32 first: the targets are set there), fl
 default "highest" precision, and TF32 at N = 32), bfloat16; forward (under no_grad) and
 forward+backward. Each case records in ``extra_info``: ``ms`` (median of CUDA-event timings by
 ``triton.testing.do_bench``, cold L2), ``peak_mb`` (peak allocation during one call beyond the
-inputs; for torch.compile measured on the same kernels without CUDA graphs), achieved TFLOP/s and GB/s against the case's nominal work, and ``floor_ms`` (roofline).
-pytest-benchmark's own statistics time the same call followed by a synchronize.
+inputs; for torch.compile measured on the same kernels without CUDA graphs), achieved TFLOP/s
+and GB/s against the case's nominal work, and ``floor_ms`` (roofline). pytest-benchmark's own
+statistics time the same call followed by a synchronize.
 
 ``test_train_step`` (last: the budget may skip it) times one optimizer step of
 ``BilinearCNN("vgg16")`` at 448×448, batch 16, bfloat16 autocast, with the fused op and with
