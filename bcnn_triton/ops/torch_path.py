@@ -14,6 +14,9 @@ import torch
 
 from bcnn_triton.ops.coefficients import NORM_EPS
 
+# Below this many channels one plain bmm is faster than two smaller ones and the copies.
+_SYMMETRIC_GRAM_MIN_CHANNELS = 128
+
 __all__ = [
     "bilinear_pool_backward_torch",
     "bilinear_pool_forward_torch",
@@ -57,8 +60,7 @@ def bilinear_pool_forward_torch(
     num_samples, _, locations = x.shape
     compute_dtype = compute_dtype_for(x.dtype)
     x_c = x.to(compute_dtype)
-    y_c = x_c if y is None else y.to(compute_dtype)
-    gram = torch.bmm(x_c, y_c.transpose(1, 2)).div_(locations)
+    gram = _gram(x_c, None if y is None else y.to(compute_dtype)).div_(locations)
     if signed_sqrt:
         sign = gram.sign()
         # sign(0) = 0 keeps exact zeros at zero; NaN survives sqrt and the multiply.
@@ -74,6 +76,25 @@ def bilinear_pool_forward_torch(
     else:
         norm = descriptor.new_empty(0)
     return descriptor.to(x.dtype), norm
+
+
+def _gram(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """X·Yᵀ (N, Cx, Cy); with one stream, three quarters of the GEMM and a mirrored block.
+
+    Splitting the channels in halves X₁, X₂, the Gram [[X₁X₁ᵀ, X₁X₂ᵀ], [X₂X₁ᵀ, X₂X₂ᵀ]] needs
+    only X₁·Xᵀ (the top rows) and X₂·X₂ᵀ; the bottom-left block is the top-right one transposed.
+    """
+    channels = x.shape[1]
+    if y is not None or channels < _SYMMETRIC_GRAM_MIN_CHANNELS:
+        return torch.bmm(x, (x if y is None else y).transpose(1, 2))
+    half = channels // 2
+    top = torch.bmm(x[:, :half], x.transpose(1, 2))
+    gram = x.new_empty(x.shape[0], channels, channels)
+    gram[:, :half] = top
+    # (bmm's out= into a strided block takes a slow path: copy instead)
+    gram[:, half:, half:] = torch.bmm(x[:, half:], x[:, half:].transpose(1, 2))
+    gram[:, half:, :half] = top[:, :, half:].transpose(1, 2)
+    return gram
 
 
 def rowwise_dot_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -18,10 +18,11 @@ SHAPES = [
     (1, 1, None, (1, 1)),  # N = C = L = 1
     (2, 5, None, (1, 1)),  # one location
     (1, 64, None, 30),  # (N, C, L) input
+    (2, 131, None, (3, 5)),  # odd C above the torch path's threshold for a symmetric Gram
     (2, 23, 9, (4, 6)),  # two streams, Cx != Cy
     (1, 1, 3, 13),  # two streams, a single channel in x
 ]
-SHAPE_IDS = ["16x7x7", "37x5x11", "1x1x1", "5x1x1", "64xL30", "23+9x4x6", "1+3xL13"]
+SHAPE_IDS = ["16x7x7", "37x5x11", "1x1x1", "5x1x1", "64xL30", "131x3x5", "23+9x4x6", "1+3xL13"]
 
 # Output tolerance per dtype: the computation runs in float32 (float64) and rounds once.
 TOLERANCES = {
@@ -85,7 +86,7 @@ def test_forward_matches_reference(shape, dtype, options):
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
-@pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[5:6], ids=SHAPE_IDS[:2] + SHAPE_IDS[5:6])
+@pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[5:7], ids=SHAPE_IDS[:2] + SHAPE_IDS[5:7])
 def test_non_contiguous_inputs(shape, layout):
     x, y = make_inputs(shape, torch.float32, layout)
     assert not x.is_contiguous()
