@@ -194,12 +194,16 @@ def bilinear_pool(
     return out
 
 
-def _output_shapes(
+def _empty_outputs(
     x: torch.Tensor, y: torch.Tensor | None, normalize: bool, triu: bool
-) -> tuple[tuple[int, int], tuple[int]]:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised descriptor (N, D) and norm ((N,), or (0,) without ``normalize``)."""
     channels_y = x.shape[1] if y is None else y.shape[1]
     size = descriptor_size(x.shape[1], channels_y, triu)
-    return (x.shape[0], size), ((x.shape[0],) if normalize else (0,))
+    norm_shape = (x.shape[0],) if normalize else (0,)
+    return x.new_empty((x.shape[0], size)), x.new_empty(
+        norm_shape, dtype=compute_dtype_for(x.dtype)
+    )
 
 
 @torch.library.custom_op("bcnn_triton::bilinear_pool", mutates_args=())
@@ -214,9 +218,7 @@ def _bilinear_pool_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x: (N, Cx, L), y: (N, Cy, L) or None → descriptor (N, D) and norm (N,) (or (0,))."""
     if x.shape[0] == 0:
-        out_shape, norm_shape = _output_shapes(x, y, normalize, triu)
-        norm_dtype = compute_dtype_for(x.dtype)
-        return x.new_empty(out_shape), x.new_empty(norm_shape, dtype=norm_dtype)
+        return _empty_outputs(x, y, normalize, triu)
     if backend == "triton":
         from bcnn_triton.kernels import bilinear_pool_fwd
 
@@ -228,9 +230,7 @@ def _bilinear_pool_op(
 
 @_bilinear_pool_op.register_fake
 def _(x, y, signed_sqrt, normalize, eps, triu, backend):
-    out_shape, norm_shape = _output_shapes(x, y, normalize, triu)
-    norm_dtype = compute_dtype_for(x.dtype)
-    return x.new_empty(out_shape), x.new_empty(norm_shape, dtype=norm_dtype)
+    return _empty_outputs(x, y, normalize, triu)
 
 
 @torch.library.custom_op("bcnn_triton::bilinear_pool_backward", mutates_args=())
