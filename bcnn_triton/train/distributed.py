@@ -76,12 +76,31 @@ def init_distributed(device_name: str = "auto") -> DistributedContext:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
     if not dist.is_initialized():
+        store = _restart_safe_store(world_size)
+        group = {} if store is None else {"store": store, "rank": rank, "world_size": world_size}
         if device.type == "cuda":
             torch.cuda.set_device(device)
-            dist.init_process_group("nccl", device_id=device)
+            dist.init_process_group("nccl", device_id=device, **group)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", **group)
     return DistributedContext(rank, world_size, local_rank, device)
+
+
+def _restart_safe_store(world_size: int) -> dist.Store | None:
+    """The torchrun agent's store, with keys prefixed by the restart count; None if no agent.
+
+    The agent keeps one store for all restarts (``--max-restarts``). With the default env://
+    init, restarted workers found the addresses that the killed workers had published and
+    failed with "Gloo connectFullMesh failed ... Connection refused" (seen with torch 2.14;
+    pytorch/pytorch#167288 reports the same for NCCL). A prefix per attempt keeps them apart.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"bcnn_triton/attempt_{attempt}", store)
 
 
 def shutdown_distributed(context: DistributedContext, *, clean: bool = True) -> None:
