@@ -169,7 +169,11 @@ def run_training(config: TrainConfig, context: DistributedContext) -> list[Stage
     }
     if context.is_main:
         logger.info(
-            "data: %s, %d classes; %d train / %d validation / %d test images at %d px",
+            "head %s, backbone %s, into %s; data: %s, %d classes, %d train / %d validation / "
+            "%d test images at %d px",
+            config.head,
+            config.backbone,
+            config.out,
             config.data.dataset,
             data.num_classes,
             len(data.train),

@@ -78,7 +78,7 @@ def test_evaluation_counts_every_sample_once(runs):
 
 def test_only_rank_zero_reports(runs):
     log = runs["log"].read_text()
-    assert log.count("training head bilinear") == 1
+    assert log.count("head bilinear, backbone tiny") == 1
     assert log.count("stage fc: best val accuracy") == 1
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from bcnn_triton.train import (
     TrainingError,
     evaluate,
     load_checkpoint,
+    reports,
     run_training,
 )
 
@@ -119,3 +121,14 @@ def test_skip_bad_images_during_training(tmp_path, tiny_config, cpu, caplog):
     [result] = run_training(tiny_config("lenient", data=data, skip_bad_images=True), cpu)
     assert "skipping unreadable image" in caplog.text
     assert result.history[-1]["epoch"] == 2
+
+
+def test_without_matplotlib_the_plots_are_skipped(tiny_config, cpu, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="bcnn_triton")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    monkeypatch.setattr(reports, "_warned_no_matplotlib", False)
+    [result] = run_training(tiny_config(), cpu)
+    assert not (result.directory / "curves.png").exists()
+    assert (result.directory / "metrics.json").is_file()
+    notices = [r for r in caplog.records if "matplotlib is not installed" in r.getMessage()]
+    assert len(notices) == 1
