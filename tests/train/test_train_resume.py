@@ -94,7 +94,7 @@ def test_killed_process_resumes_bit_identical(tmp_path, tiny_config, cpu):
     command = [sys.executable, "-m", "bcnn_triton", "train", "--out", str(out)]
     command += ["--stage", "fc", "--head", "bilinear", "--epochs", "3", "--batch-size", "8"]
     command += ["--image-size", "32", "--train-size", str(LARGE_TRAIN), "--test-size", "16"]
-    command += ["--val-fraction", "0.2", "--no-progress"]
+    command += ["--val-fraction", "0.2", "--lr", "1", "--no-progress"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = out / "fc" / "checkpoint-0001.pt"
     deadline = time.monotonic() + 120
