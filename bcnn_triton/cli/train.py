@@ -33,13 +33,13 @@ __all__ = ["add_train_parser", "run_train"]
 # The synthetic demo (no arguments), sized to finish in about two minutes on 2 CPU cores. The
 # backbone stays frozen at its random init, so the two heads see the very same features; lr 3
 # instead of the recipe's 1.0 because random features give a descriptor whose class-dependent
-# part is small, which lr 1.0 does not learn within the demo's 16 epochs.
+# part is small, which lr 1.0 does not learn within the demo's 20 epochs.
 DEMO = {
     "backbone": "tiny",
     "image_size": 64,
     "heads": ("bilinear", "gap"),
     "stage": "fc",
-    "epochs": {"fc": 16, "all": 8},
+    "epochs": {"fc": 20, "all": 8},
     "lr": {"fc": 3.0, "all": STAGE_DEFAULTS["all"]["lr"]},
     "batch_size": 32,
     "workers": 0,
@@ -198,7 +198,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="N",
         help="epochs per stage; with --stage both one value for both or two (fc all) "
-        "(default: 55 25; demo: 16)",
+        "(default: 55 25; demo: 20)",
     )
     recipe.add_argument(
         "--lr",
