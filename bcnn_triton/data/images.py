@@ -112,10 +112,6 @@ class ImageRecordDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    @property
-    def labels(self) -> list[int]:
-        return [record.label for record in self.records]
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | UnreadableImage:
         record = self.records[index]
         try:

@@ -35,6 +35,7 @@ __all__ = [
     "load_checkpoint",
     "load_latest_checkpoint",
     "restore_rng_state",
+    "save_best",
     "save_checkpoint",
 ]
 
@@ -76,6 +77,13 @@ def save_checkpoint(
     atomic_torch_save({"format": CHECKPOINT_FORMAT, **state}, path)
     for old in checkpoint_paths(directory)[keep:]:
         old.unlink(missing_ok=True)
+    return path
+
+
+def save_best(state: Mapping[str, Any], directory: str | Path) -> Path:
+    """Write ``state`` (model weights and metadata of the best epoch) as ``best.pt`` atomically."""
+    path = Path(directory) / BEST_NAME
+    atomic_torch_save({"format": CHECKPOINT_FORMAT, **state}, path)
     return path
 
 

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,12 @@ from tqdm.auto import tqdm
 
 from bcnn_triton.data import DataSplits, UserInputError, collate_images, split_unreadable
 from bcnn_triton.data.seeding import derive_seed
-from bcnn_triton.train.atomic import atomic_torch_save
 from bcnn_triton.train.checkpoint import (
     BEST_NAME,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
+    save_best,
     save_checkpoint,
 )
 from bcnn_triton.train.distributed import (
@@ -141,7 +141,6 @@ class StageResult:
     best_epoch: int
     best_val_acc: float
     test: EvalResult
-    model_config: dict[str, Any] = field(default_factory=dict)
 
 
 def _progress_disabled(show: bool) -> bool | None:
@@ -369,6 +368,8 @@ def train_stage(
             f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
             f"number of processes ({context.world_size})"
         )
+    if config.sync_bn and context.distributed and context.device.type != "cuda":
+        raise UserInputError("--sync-bn needs CUDA devices (torch's SyncBatchNorm is GPU-only)")
     per_rank_batch = config.batch_size // context.world_size
     num_classes = len(data.classes)
 
@@ -471,16 +472,15 @@ def train_stage(
             best = (epoch + 1, val.top1)
         if context.is_main:
             if improved:
-                atomic_torch_save(
+                save_best(
                     {
                         **metadata,
-                        "format": "bcnn-triton/1",
                         "kind": "best",
                         "epoch": epoch + 1,
                         "val_acc": val.top1,
                         "model": model.state_dict(),
                     },
-                    directory / BEST_NAME,
+                    directory,
                 )
             state = _epoch_state(
                 model, optimizer, scheduler, scaler, epoch + 1, history, best, metadata
@@ -526,12 +526,4 @@ def train_stage(
             test.count,
         )
     barrier(context)
-    return StageResult(
-        config.stage,
-        directory,
-        history,
-        best[0],
-        best[1],
-        test,
-        dict(metadata.get("model_config", {})),
-    )
+    return StageResult(config.stage, directory, history, best[0], best[1], test)

@@ -154,6 +154,8 @@ def run_training(config: TrainConfig, context: DistributedContext) -> list[Stage
     Raises:
         UserInputError: bad data, model options, init weights or resume state.
     """
+    if config.resume not in RESUME_MODES:
+        raise ValueError(f"resume must be one of {', '.join(RESUME_MODES)}; got {config.resume!r}")
     _check_resume(config)
     data: DataSplits = build_datasets(config.data)
     wanted = {
