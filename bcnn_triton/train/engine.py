@@ -291,7 +291,7 @@ def _train_one_epoch(
             totals[0] += loss.detach().double() * count
             totals[1] += correct
             totals[2] += count
-        if show_progress and step % 10 == 0:
+        if not bar.disable and step % 10 == 0:
             loss_sum, hits, seen = totals.tolist()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{hits / seen:.3f}")
     all_reduce_sum(totals, context)

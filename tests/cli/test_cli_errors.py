@@ -48,6 +48,7 @@ def test_corrupt_image_is_named(tmp_path, capsys, tiny_train_args):
     assert f"error: cannot read image {bad}" in stderr and "--skip-bad-images" in stderr
 
 
+@pytest.mark.slow
 def test_skip_bad_images_finishes_the_run(tmp_path, capsys, tiny_train_args):
     make_folder(tmp_path / "train", classes=2, per_class=4)
     make_folder(tmp_path / "test", classes=2, per_class=1)

@@ -32,6 +32,7 @@ def test_eval_shards_cover_every_sample_once(size, world_size):
     )
 
 
+@pytest.mark.slow
 def test_fc_stage_trains_only_the_head(tiny_config, cpu):
     config = tiny_config()
     [result] = run_training(config, cpu)
@@ -45,6 +46,7 @@ def test_fc_stage_trains_only_the_head(tiny_config, cpu):
     assert not torch.equal(trained["fc.weight"], initial["fc.weight"])
 
 
+@pytest.mark.slow
 def test_all_stage_starts_from_the_fc_stage_and_trains_the_backbone(tiny_config, cpu, caplog):
     caplog.set_level(logging.INFO, logger="bcnn_triton")
     run_training(tiny_config(stages=("fc",)), cpu)
