@@ -39,7 +39,6 @@ def configure_logging(rank: int = 0, distributed: bool = False) -> None:
     handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    logger.propagate = False
 
 
 def positive_int(text: str) -> int:
