@@ -8,14 +8,17 @@ float16 range long before its signed square root does) and cast down last.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 
 from bcnn_triton.ops.coefficients import NORM_EPS
 
-# Below this many channels one plain bmm is faster than two smaller ones and the copies.
-_SYMMETRIC_GRAM_MIN_CHANNELS = 128
+# The single-stream Gram is computed in at most this many row panels of at least this many
+# rows (fewer rows: one plain bmm beats several small ones and the extra passes).
+_MAX_PANELS = 4
+_MIN_PANEL_ROWS = 64
 
 __all__ = [
     "bilinear_pool_backward_torch",
@@ -57,16 +60,16 @@ def bilinear_pool_forward_torch(
     Returns ``out`` (N, D) in x's dtype and ``norm`` (N,) in the compute dtype when
     ``normalize`` (the norm of the descriptor before normalization), else an empty (0,) tensor.
     """
-    num_samples, _, locations = x.shape
+    num_samples, channels, _ = x.shape
     compute_dtype = compute_dtype_for(x.dtype)
     x_c = x.to(compute_dtype)
-    gram = _gram(x_c, None if y is None else y.to(compute_dtype)).div_(locations)
+    if y is None and not triu and channels >= 2 * _MIN_PANEL_ROWS:
+        return _self_descriptor_by_panels(x_c, signed_sqrt, normalize, eps, x.dtype)
+    gram = _scaled_bmm(x_c, x_c if y is None else y.to(compute_dtype))
     if signed_sqrt:
-        sign = gram.sign()
-        # sign(0) = 0 keeps exact zeros at zero; NaN survives sqrt and the multiply.
-        gram.abs_().add_(eps).sqrt_().mul_(sign)
+        _signed_sqrt_(gram, eps)
     if triu:
-        rows, cols, weights = triu_indices_and_weights(gram.shape[1], x.device, compute_dtype)
+        rows, cols, weights = triu_indices_and_weights(channels, x.device, compute_dtype)
         descriptor = gram[:, rows, cols].mul_(weights)
     else:
         descriptor = gram.view(num_samples, -1)
@@ -78,23 +81,53 @@ def bilinear_pool_forward_torch(
     return descriptor.to(x.dtype), norm
 
 
-def _gram(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-    """X·Yᵀ (N, Cx, Cy); with one stream, three quarters of the GEMM and a mirrored block.
+def _scaled_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a·bᵀ / L for a (N, Ca, L), b (N, Cb, L): the 1/L rides on the GEMM (alpha)."""
+    ignored = a.new_empty(())  # beta = 0: not read, NaN or not
+    return torch.baddbmm(ignored, a, b.transpose(1, 2), beta=0.0, alpha=1.0 / a.shape[2])
 
-    Splitting the channels in halves X₁, X₂, the Gram [[X₁X₁ᵀ, X₁X₂ᵀ], [X₂X₁ᵀ, X₂X₂ᵀ]] needs
-    only X₁·Xᵀ (the top rows) and X₂·X₂ᵀ; the bottom-left block is the top-right one transposed.
+
+def _signed_sqrt_(gram: torch.Tensor, eps: float) -> None:
+    """sign(G)·sqrt(|G| + eps) in place; sign(0) = 0 keeps exact zeros, NaN stays NaN."""
+    sign = gram.sign()
+    gram.abs_().add_(eps).sqrt_().mul_(sign)
+
+
+def _self_descriptor_by_panels(
+    x: torch.Tensor, signed_sqrt: bool, normalize: bool, eps: float, out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full single-stream descriptor from the Gram's row panels on and above the diagonal.
+
+    The channels split into P panels; panel i is X_i·X_{i:}ᵀ, its rows of the Gram from its
+    diagonal block rightwards — (P + 1)/2P of the GEMM (5/8 with P = 4). The signed square root
+    runs on the panels; one last pass writes each panel, and the mirror of its part right of the
+    diagonal block, straight into the output, divided by the norm.
     """
-    channels = x.shape[1]
-    if y is not None or channels < _SYMMETRIC_GRAM_MIN_CHANNELS:
-        return torch.bmm(x, (x if y is None else y).transpose(1, 2))
-    half = channels // 2
-    top = torch.bmm(x[:, :half], x.transpose(1, 2))
-    gram = x.new_empty(x.shape[0], channels, channels)
-    gram[:, :half] = top
-    # (bmm's out= into a strided block takes a slow path: copy instead)
-    gram[:, half:, half:] = torch.bmm(x[:, half:], x[:, half:].transpose(1, 2))
-    gram[:, half:, :half] = top[:, :, half:].transpose(1, 2)
-    return gram
+    num_samples, channels, _ = x.shape
+    count = min(_MAX_PANELS, channels // _MIN_PANEL_ROWS)
+    bounds = [channels * i // count for i in range(count + 1)]
+    panels = []
+    sumsq = x.new_zeros(num_samples)
+    for low, high in itertools.pairwise(bounds):
+        panel = _scaled_bmm(x[:, low:high], x[:, low:])
+        if signed_sqrt:
+            _signed_sqrt_(panel, eps)
+        if normalize:
+            # The diagonal block counts once, the rest of the panel twice: once more as mirror.
+            width = high - low
+            sumsq += torch.linalg.vector_norm(panel[:, :, :width], dim=(1, 2)).square()
+            sumsq += 2 * torch.linalg.vector_norm(panel[:, :, width:], dim=(1, 2)).square()
+        panels.append((low, high, panel))
+
+    norm = sumsq.sqrt() if normalize else x.new_empty(0)
+    denominator = norm.clamp_min(NORM_EPS) if normalize else x.new_ones(num_samples)
+    denominator = denominator.view(-1, 1, 1)
+    out = torch.empty((num_samples, channels, channels), dtype=out_dtype, device=x.device)
+    for low, high, panel in panels:
+        torch.div(panel, denominator, out=out[:, low:high, low:])
+        mirror = panel[:, :, high - low :].transpose(1, 2)
+        torch.div(mirror, denominator, out=out[:, high:, low:high])
+    return out.view(num_samples, -1), norm
 
 
 def rowwise_dot_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -158,5 +191,7 @@ def bilinear_pool_backward_torch(
 
 def _divide_by_magnitude(numerator: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """numerator / |z| in place, and 0 where z = 0: there sign(G) = 0 and so is the gradient."""
-    numerator.div_(z.abs())
-    return numerator.masked_fill_(z == 0, 0.0)
+    inverse = z.abs().reciprocal_()
+    # 1/|0| = inf becomes 0 (cheaper than a boolean mask); a NaN stays NaN.
+    inverse.nan_to_num_(nan=math.nan, posinf=0.0)
+    return numerator.mul_(inverse)
