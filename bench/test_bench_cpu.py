@@ -32,9 +32,10 @@ def test_cpu(benchmark, impl, mode, n):
         device="cpu",
         threads=torch.get_num_threads(),
     )
+    rounds = 15 if n <= 8 else 5
     if mode == "fwd":
         with torch.no_grad():
-            benchmark.pedantic(fn, args=(x,), rounds=7, warmup_rounds=1)
+            benchmark.pedantic(fn, args=(x,), rounds=rounds, warmup_rounds=1)
         return
     leaf = x.requires_grad_()
 
@@ -42,5 +43,5 @@ def test_cpu(benchmark, impl, mode, n):
         fn(leaf).backward(grad)
         leaf.grad = None
 
-    benchmark.pedantic(step, rounds=7, warmup_rounds=1)
+    benchmark.pedantic(step, rounds=rounds, warmup_rounds=1)
     benchmark.extra_info["saved_mb"] = saved_for_backward_bytes(fn, x) / 2**20
