@@ -128,8 +128,8 @@ def _bilinear_pool_fwd_kernel(
     x_ptrs = x_ptr + n * stride_xn + offs_m[:, None] * stride_xc + offs_k[None, :] * stride_xl
     y_ptrs = y_ptr + n * stride_yn + offs_k[:, None] * stride_yl + offs_n[None, :] * stride_yc
     acc = tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float32)
-    for k in range(0, tl.cdiv(L, BLOCK_K)):
-        k_left = L - k * BLOCK_K
+    for k_start in range(0, L, BLOCK_K):
+        k_left = L - k_start
         a = tl.load(x_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
         b = tl.load(y_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
