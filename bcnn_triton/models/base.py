@@ -50,6 +50,7 @@ class BackboneClassifier(nn.Module):
 
     features: nn.Module
     second_features: nn.Module | None
+    fc: nn.Linear
     # Set by subclasses: their constructor arguments, with "head" naming the subclass.
     _config: dict[str, Any]
 
@@ -108,6 +109,10 @@ class BackboneClassifier(nn.Module):
             for backbone in self._backbones():
                 backbone.eval()
         return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits: (N, 3, H, W) → (N, num_classes): ``fc`` on the subclass's ``descriptor``."""
+        return self.fc(self.descriptor(images))
 
     def _check_images(self, images: object) -> None:
         if not isinstance(images, torch.Tensor):

@@ -140,7 +140,3 @@ class BilinearCNN(BackboneClassifier):
                 y, size=x.shape[-2:], mode="bilinear", align_corners=False
             )
         return self.pool(x, y)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits: (N, 3, H, W) → (N, num_classes)."""
-        return self.fc(self.descriptor(images))

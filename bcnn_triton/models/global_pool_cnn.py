@@ -70,7 +70,3 @@ class GlobalPoolCNN(BackboneClassifier):
         if self.reduction is not None:
             x = self.reduction(x)
         return x.mean(dim=(2, 3))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits: (N, 3, H, W) → (N, num_classes)."""
-        return self.fc(self.descriptor(images))

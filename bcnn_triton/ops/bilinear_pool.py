@@ -251,33 +251,33 @@ def _bilinear_pool_backward_op(
     num_samples, _, locations = x.shape
     if num_samples == 0:
         return torch.zeros_like(x), _zeros_like_y(x, y)
-    compute_dtype = compute_dtype_for(x.dtype)
     if backend == "triton":
-        from bcnn_triton.kernels import bilinear_pool_bwd, rowwise_dot
-
-        dot = rowwise_dot(out, grad) if normalize else None
+        from bcnn_triton.kernels import bilinear_pool_bwd as backward
+        from bcnn_triton.kernels import rowwise_dot as dot
     else:
-        dot = rowwise_dot_torch(out, grad) if normalize else None
+        backward, dot = bilinear_pool_backward_torch, rowwise_dot_torch
     projection, scale = backward_coefficients(
-        norm, dot, signed_sqrt, normalize, locations, num_samples, x.device, compute_dtype
+        norm,
+        dot(out, grad) if normalize else None,
+        signed_sqrt,
+        normalize,
+        locations,
+        num_samples,
+        x.device,
+        compute_dtype_for(x.dtype),
     )
-    if backend == "triton":
-        dx, dy = bilinear_pool_bwd(
-            grad,
-            x,
-            y,
-            out,
-            projection,
-            scale,
-            signed_sqrt=signed_sqrt,
-            triu=triu,
-            needs_dx=needs_dx,
-            needs_dy=needs_dy,
-        )
-    else:
-        dx, dy = bilinear_pool_backward_torch(
-            grad, x, y, out, projection, scale, signed_sqrt, triu, needs_dx, needs_dy
-        )
+    dx, dy = backward(
+        grad,
+        x,
+        y,
+        out,
+        projection,
+        scale,
+        signed_sqrt=signed_sqrt,
+        triu=triu,
+        needs_dx=needs_dx,
+        needs_dy=needs_dy,
+    )
     dx = torch.zeros_like(x) if dx is None else dx
     dy = _zeros_like_y(x, y) if dy is None else dy
     return dx, dy
