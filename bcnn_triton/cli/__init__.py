@@ -15,7 +15,7 @@ from bcnn_triton import __version__
 from bcnn_triton.cli.bench import add_bench_parser
 from bcnn_triton.cli.evaluate import add_eval_parser
 from bcnn_triton.cli.train import add_train_parser
-from bcnn_triton.data import UserInputError
+from bcnn_triton.errors import UserInputError
 from bcnn_triton.train import TrainingError
 
 __all__ = ["build_parser", "main"]

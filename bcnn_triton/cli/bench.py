@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bcnn_triton.cli.common import non_negative_int, positive_int
-from bcnn_triton.data import UserInputError
+from bcnn_triton.errors import UserInputError
 from bcnn_triton.ops import BACKENDS, bilinear_pool, resolve_backend
 from bcnn_triton.train import resolve_device
 

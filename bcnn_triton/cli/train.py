@@ -16,7 +16,8 @@ from bcnn_triton.cli.common import (
     positive_int,
     unit_fraction,
 )
-from bcnn_triton.data import DATASETS, DataConfig, UserInputError, detect_dataset
+from bcnn_triton.data import DATASETS, DataConfig, detect_dataset
+from bcnn_triton.errors import UserInputError
 from bcnn_triton.models import BACKBONES
 from bcnn_triton.train import (
     AMP_DTYPES,

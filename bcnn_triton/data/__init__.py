@@ -9,7 +9,6 @@ from bcnn_triton.data.build import (
     detect_dataset,
     stratified_holdout,
 )
-from bcnn_triton.data.errors import UserInputError
 from bcnn_triton.data.images import (
     ImageBatch,
     ImageRecord,
@@ -35,7 +34,6 @@ __all__ = [
     "SyntheticSecondOrder",
     "TrainTransform",
     "UnreadableImage",
-    "UserInputError",
     "build_datasets",
     "collate_images",
     "detect_dataset",

@@ -11,13 +11,13 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from bcnn_triton.data.cub import find_cub_root, load_cub_records
-from bcnn_triton.data.errors import UserInputError
 from bcnn_triton.data.folder import load_folder_records
 from bcnn_triton.data.images import ImageRecord, ImageRecordDataset
 from bcnn_triton.data.seeding import generator_for
 from bcnn_triton.data.synthetic import SyntheticSecondOrder
 from bcnn_triton.data.torchvision_sets import TORCHVISION_DATASETS, load_torchvision_records
 from bcnn_triton.data.transforms import EvalTransform, TrainTransform
+from bcnn_triton.errors import UserInputError
 
 __all__ = [
     "DATASETS",

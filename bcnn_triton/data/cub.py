@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bcnn_triton.data.errors import UserInputError
 from bcnn_triton.data.images import ImageRecord
+from bcnn_triton.errors import UserInputError
 
 __all__ = ["CUB_FOLDER", "CUB_REQUIRED_FILES", "find_cub_root", "load_cub_records"]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from bcnn_triton.data.errors import UserInputError
 from bcnn_triton.data.images import ImageRecord
+from bcnn_triton.errors import UserInputError
 
 __all__ = ["load_folder_records"]
 

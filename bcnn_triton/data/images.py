@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from bcnn_triton.data.errors import UserInputError
 from bcnn_triton.data.seeding import generator_for
+from bcnn_triton.errors import UserInputError
 
 __all__ = [
     "ImageBatch",

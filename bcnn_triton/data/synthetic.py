@@ -27,9 +27,9 @@ import math
 import torch
 from torch.utils.data import Dataset
 
-from bcnn_triton.data.errors import UserInputError
 from bcnn_triton.data.seeding import generator_for
 from bcnn_triton.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from bcnn_triton.errors import UserInputError
 
 __all__ = ["SYNTHETIC_SPLITS", "SyntheticSecondOrder", "tint_colours"]
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bcnn_triton.data.errors import UserInputError
 from bcnn_triton.data.images import ImageRecord
+from bcnn_triton.errors import UserInputError
 
 __all__ = ["TORCHVISION_DATASETS", "load_torchvision_records"]
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bcnn_triton.data import UserInputError
+from bcnn_triton.errors import UserInputError
 from bcnn_triton.train.atomic import atomic_torch_save
 
 __all__ = [

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from bcnn_triton.data import UserInputError
+from bcnn_triton.errors import UserInputError
 
 __all__ = [
     "DistributedContext",

@@ -23,8 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from bcnn_triton.data import DataSplits, UserInputError, collate_images, split_unreadable
+from bcnn_triton.data import DataSplits, collate_images, split_unreadable
 from bcnn_triton.data.seeding import derive_seed
+from bcnn_triton.errors import UserInputError
 from bcnn_triton.train.checkpoint import (
     BEST_NAME,
     capture_rng_state,

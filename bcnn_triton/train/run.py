@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bcnn_triton.data import DataConfig, DataSplits, UserInputError, build_datasets
+from bcnn_triton.data import DataConfig, DataSplits, build_datasets
+from bcnn_triton.errors import UserInputError
 from bcnn_triton.models import WeightsUnavailableError, create_model, model_from_config
 from bcnn_triton.train.checkpoint import (
     BEST_NAME,

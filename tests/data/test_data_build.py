@@ -7,11 +7,11 @@ from data.image_trees import make_folder
 
 from bcnn_triton.data import (
     DataConfig,
-    UserInputError,
     build_datasets,
     detect_dataset,
     stratified_holdout,
 )
+from bcnn_triton.errors import UserInputError
 
 
 def test_detects_layouts(tmp_path, cub_root, folder_root):

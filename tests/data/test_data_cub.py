@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bcnn_triton.data import DataConfig, EvalTransform, UserInputError, build_datasets, load_rgb
+from bcnn_triton.data import DataConfig, EvalTransform, build_datasets, load_rgb
 from bcnn_triton.data.cub import load_cub_records
+from bcnn_triton.errors import UserInputError
 
 
 def test_reads_train_and_test_splits(cub_root):

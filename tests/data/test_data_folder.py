@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from data.image_trees import make_folder, write_png
 
-from bcnn_triton.data import DataConfig, UserInputError, build_datasets
+from bcnn_triton.data import DataConfig, build_datasets
 from bcnn_triton.data.folder import load_folder_records
+from bcnn_triton.errors import UserInputError
 
 
 def test_single_tree(folder_root):

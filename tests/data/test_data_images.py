@@ -15,10 +15,10 @@ from bcnn_triton.data import (
     ImageRecordDataset,
     TrainTransform,
     UnreadableImage,
-    UserInputError,
     collate_images,
     split_unreadable,
 )
+from bcnn_triton.errors import UserInputError
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bcnn_triton.data import SyntheticSecondOrder, UserInputError
+from bcnn_triton.data import SyntheticSecondOrder
 from bcnn_triton.data.synthetic import tint_colours
+from bcnn_triton.errors import UserInputError
 
 NUM_CLASSES = 4
 NUM_IMAGES = 100  # per class

@@ -10,7 +10,8 @@ import pytest
 import torch
 from data.image_trees import make_folder, write_corrupt
 
-from bcnn_triton.data import DataConfig, UserInputError, build_datasets
+from bcnn_triton.data import DataConfig, build_datasets
+from bcnn_triton.errors import UserInputError
 from bcnn_triton.models import create_model
 from bcnn_triton.train import (
     ShardedEvalSampler,

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from bcnn_triton.data import UserInputError
+from bcnn_triton.errors import UserInputError
 from bcnn_triton.train import load_checkpoint, run_training
 
 # Enough images (25 steps an epoch) for the kill below to land while the run is still going.
