@@ -7,8 +7,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
+from bcnn_triton.kernels.common import interpreter_enabled
 
-INTERPRETER = os.environ["TRITON_INTERPRET"].strip().lower() in ("1", "true", "on", "yes")
+INTERPRETER = interpreter_enabled()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -21,10 +21,16 @@ def bilinear_pool_reference(
     normalize: bool = True,
     eps: float = 1e-10,
     triu: bool = False,
+    center: bool = False,
 ) -> torch.Tensor:
-    """float64 descriptor of x (N, C, H, W) or (N, C, L); differentiable w.r.t. x and y."""
+    """float64 descriptor of x (N, C, H, W) or (N, C, L); differentiable w.r.t. x and y.
+
+    ``center`` subtracts each channel's float64 mean over the locations from each stream."""
     x64 = x.flatten(2).to(torch.float64)
     y64 = x64 if y is None else y.flatten(2).to(torch.float64)
+    if center:
+        x64 = x64 - x64.mean(dim=2, keepdim=True)
+        y64 = y64 - y64.mean(dim=2, keepdim=True)
     locations = x64.shape[2]
     # G[n] = Σ_l x_l · y_lᵀ / L: the sum of per-location outer products.
     gram = torch.einsum("nil,njl->nij", x64, y64) / locations

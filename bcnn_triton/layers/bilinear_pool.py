@@ -11,7 +11,8 @@ __all__ = ["BilinearPool"]
 
 
 class BilinearPool(nn.Module):
-    """B-CNN pooling layer: ``forward(x, y=None)`` returns ``bilinear_pool(x, y, **options)``.
+    """B-CNN pooling layer: ``forward(x, y=None)`` returns ``bilinear_pool(x, y, **options)``
+    (``center=True``: covariance pooling).
 
     Shapes: x (N, Cx, H, W) or (N, Cx, L); y (N, Cy, ·) with the same N and L, or None;
     result (N, Cx·Cy), or (N, C(C+1)/2) with ``triu``. No parameters.
@@ -29,6 +30,7 @@ class BilinearPool(nn.Module):
         normalize: bool = True,
         eps: float = 1e-10,
         triu: bool = False,
+        center: bool = False,
         backend: str | None = None,
     ) -> None:
         super().__init__()
@@ -37,6 +39,7 @@ class BilinearPool(nn.Module):
         self.normalize = normalize
         self.eps = eps
         self.triu = triu
+        self.center = center
         self.backend = backend
 
     def output_size(self, channels_x: int, channels_y: int | None = None) -> int:
@@ -52,11 +55,12 @@ class BilinearPool(nn.Module):
             normalize=self.normalize,
             eps=self.eps,
             triu=self.triu,
+            center=self.center,
             backend=self.backend,
         )
 
     def extra_repr(self) -> str:
         return (
             f"signed_sqrt={self.signed_sqrt}, normalize={self.normalize}, eps={self.eps:g}, "
-            f"triu={self.triu}, backend={self.backend!r}"
+            f"triu={self.triu}, center={self.center}, backend={self.backend!r}"
         )

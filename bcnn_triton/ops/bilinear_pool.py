@@ -2,28 +2,30 @@
 
 Two operators are registered in the ``bcnn_triton`` namespace:
 
-- ``bcnn_triton::bilinear_pool(x, y, signed_sqrt, normalize, eps, triu, backend) -> (out, norm)``
+- ``bcnn_triton::bilinear_pool(x, y, signed_sqrt, normalize, eps, triu, center, backend)
+  -> (out, norm)``
 - ``bcnn_triton::bilinear_pool_backward(grad, x, y, out, norm, ...) -> (dx, dy)``
 
 Both are ``torch.library.custom_op``s: opaque to torch.compile, so a compiled model calls them
 as one node with no graph break, on CPU (torch path) and on CUDA (Triton kernels) alike. The
-body branches on the backend argument, never on a device query at import time.
+``backend`` argument is "auto" unless the caller chose one, and "auto" is resolved inside the
+body from the tensors at run time: a graph traced or exported on one machine picks the Triton
+kernels on CUDA and the torch path elsewhere, wherever it runs.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import os
 from typing import Literal
 
 import torch
 
-from bcnn_triton.ops.coefficients import backward_coefficients
+from bcnn_triton.kernels.common import interpreter_enabled
 from bcnn_triton.ops.torch_path import (
     bilinear_pool_backward_torch,
     bilinear_pool_forward_torch,
     compute_dtype_for,
-    rowwise_dot_torch,
 )
 
 __all__ = [
@@ -36,24 +38,27 @@ __all__ = [
 ]
 
 Backend = Literal["torch", "triton"]
-#: Names accepted by the ``backend`` argument (``None`` picks one automatically).
+#: The implementations a ``backend`` argument can name; ``None`` or "auto" choose one at run time.
 BACKENDS: tuple[str, ...] = ("torch", "triton")
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+@functools.cache
 def triton_available() -> bool:
-    """Whether the Triton kernels can be imported here (Triton installed, Linux)."""
+    """Whether the Triton kernels can run here: False only where the ``triton`` package is not
+    installed. Any other import error — a broken Triton install, an error in our kernels —
+    propagates instead of silently sending CUDA tensors down the torch path."""
     try:
-        import bcnn_triton.kernels  # noqa: F401
-    except ImportError:
-        return False
+        import triton  # noqa: F401
+    except ModuleNotFoundError as error:
+        if error.name == "triton":
+            return False
+        raise
+    from bcnn_triton.kernels import bilinear_bwd, bilinear_fwd  # noqa: F401
+
     return True
-
-
-def _interpreter_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
 def descriptor_size(channels_x: int, channels_y: int, triu: bool) -> int:
@@ -64,12 +69,13 @@ def descriptor_size(channels_x: int, channels_y: int, triu: bool) -> int:
 def resolve_backend(backend: str | None, x: torch.Tensor) -> Backend:
     """The backend that will run for ``x``: the Triton kernels for CUDA tensors, else torch.
 
-    Raises ValueError for an unknown name, and for ``"triton"`` where it cannot run
-    (no Triton, float64, or CPU tensors without ``TRITON_INTERPRET=1``).
+    ``None`` and ``"auto"`` choose by device and dtype. Raises ValueError for an unknown name,
+    and for ``"triton"`` where it cannot run (no Triton, float64, or CPU tensors without
+    ``TRITON_INTERPRET=1``).
     """
     if backend == "torch":
         return "torch"
-    if backend is None:
+    if backend in (None, "auto"):
         usable = x.is_cuda and x.dtype in _TRITON_DTYPES and triton_available()
         return "triton" if usable else "torch"
     if not triton_available():
@@ -78,7 +84,7 @@ def resolve_backend(backend: str | None, x: torch.Tensor) -> Backend:
         raise ValueError(
             f"backend='triton' supports float16, bfloat16 and float32; got x of dtype {x.dtype}"
         )
-    if not x.is_cuda and not _interpreter_enabled():
+    if not x.is_cuda and not interpreter_enabled():
         raise ValueError(
             f"backend='triton' needs CUDA tensors (got x on {x.device}); on CPU it runs only "
             "through the Triton interpreter, with TRITON_INTERPRET=1 set before triton is imported"
@@ -136,8 +142,8 @@ def check_options(eps: object, backend: object) -> None:
         raise TypeError(f"eps must be a float; got {type(eps).__name__}")
     if not 0 <= eps < math.inf:  # also refuses NaN
         raise ValueError(f"eps must be finite and >= 0; got {eps}")
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"backend must be None, 'torch' or 'triton'; got {backend!r}")
+    if backend is not None and backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be None, 'auto', 'torch' or 'triton'; got {backend!r}")
 
 
 def bilinear_pool(
@@ -148,6 +154,7 @@ def bilinear_pool(
     normalize: bool = True,
     eps: float = 1e-10,
     triu: bool = False,
+    center: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """B-CNN descriptor: Gram matrix of the feature map, signed square root, L2 normalization.
@@ -165,8 +172,12 @@ def bilinear_pool(
         triu: single stream only: keep the upper triangle, C(C+1)/2 values per sample in
             row-major order, off-diagonal entries times sqrt(2) so that norms and dot products
             equal those of the full C² descriptor.
-        backend: ``None`` (Triton kernels for CUDA tensors, torch otherwise), ``"torch"`` or
-            ``"triton"`` (CPU tensors only under ``TRITON_INTERPRET=1``).
+        center: subtract each channel's mean over the L locations first (each stream its own
+            mean): G is then the covariance (X − μ)(Y − ν)ᵀ / L. The mean is taken out of every
+            value before the product, so the result keeps its precision when the mean is large
+            against the spread.
+        backend: ``None`` (Triton kernels for CUDA tensors, torch otherwise, decided at run
+            time), ``"torch"`` or ``"triton"`` (CPU tensors only under ``TRITON_INTERPRET=1``).
 
     Returns:
         (N, Cx·Cy) descriptor — the flattened ``G = X·Yᵀ / L`` after the signed square root and
@@ -187,9 +198,10 @@ def bilinear_pool(
     if y is x:
         y = None  # the same map twice is the single-stream case: symmetric, half the work
     x_flat, y_flat = _check_arguments(x, y, triu)
-    resolved = resolve_backend(backend, x_flat)
+    if backend is not None:
+        resolve_backend(backend, x_flat)  # a backend that cannot run here fails now, clearly
     out, _ = torch.ops.bcnn_triton.bilinear_pool(
-        x_flat, y_flat, signed_sqrt, normalize, float(eps), triu, resolved
+        x_flat, y_flat, signed_sqrt, normalize, float(eps), triu, center, backend or "auto"
     )
     return out
 
@@ -214,22 +226,23 @@ def _bilinear_pool_op(
     normalize: bool,
     eps: float,
     triu: bool,
+    center: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x: (N, Cx, L), y: (N, Cy, L) or None → descriptor (N, D) and norm (N,) (or (0,))."""
     if x.shape[0] == 0:
         return _empty_outputs(x, y, normalize, triu)
-    if backend == "triton":
-        from bcnn_triton.kernels import bilinear_pool_fwd
-
-        return bilinear_pool_fwd(
-            x, y, signed_sqrt=signed_sqrt, normalize=normalize, eps=eps, triu=triu
-        )
-    return bilinear_pool_forward_torch(x, y, signed_sqrt, normalize, eps, triu)
+    if resolve_backend(backend, x) == "triton":
+        from bcnn_triton.kernels import bilinear_pool_fwd as forward
+    else:
+        forward = bilinear_pool_forward_torch
+    return forward(
+        x, y, signed_sqrt=signed_sqrt, normalize=normalize, eps=eps, triu=triu, center=center
+    )
 
 
 @_bilinear_pool_op.register_fake
-def _(x, y, signed_sqrt, normalize, eps, triu, backend):
+def _(x, y, signed_sqrt, normalize, eps, triu, center, backend):
     return _empty_outputs(x, y, normalize, triu)
 
 
@@ -243,41 +256,23 @@ def _bilinear_pool_backward_op(
     signed_sqrt: bool,
     normalize: bool,
     triu: bool,
+    center: bool,
     backend: str,
     needs_dx: bool,
     needs_dy: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients (dx, dy) of the bilinear pool; dy is an empty (0,) tensor without a y."""
-    num_samples, _, locations = x.shape
-    if num_samples == 0:
+    if x.shape[0] == 0:
         return torch.zeros_like(x), _zeros_like_y(x, y)
-    if backend == "triton":
+    if resolve_backend(backend, x) == "triton":
         from bcnn_triton.kernels import bilinear_pool_bwd as backward
-        from bcnn_triton.kernels import rowwise_dot as dot
     else:
-        backward, dot = bilinear_pool_backward_torch, rowwise_dot_torch
-    projection, scale = backward_coefficients(
-        norm,
-        dot(out, grad) if normalize else None,
-        signed_sqrt,
-        normalize,
-        locations,
-        num_samples,
-        x.device,
-        compute_dtype_for(x.dtype),
-    )
+        backward = bilinear_pool_backward_torch
     dx, dy = backward(
-        grad,
-        x,
-        y,
-        out,
-        projection,
-        scale,
-        signed_sqrt=signed_sqrt,
-        triu=triu,
-        needs_dx=needs_dx,
-        needs_dy=needs_dy,
-    )
+        grad, x, y, out, norm,
+        signed_sqrt=signed_sqrt, normalize=normalize, triu=triu, center=center,
+        needs_dx=needs_dx, needs_dy=needs_dy,
+    )  # fmt: skip
     dx = torch.zeros_like(x) if dx is None else dx
     dy = _zeros_like_y(x, y) if dy is None else dy
     return dx, dy
@@ -289,34 +284,27 @@ def _zeros_like_y(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
 
 
 @_bilinear_pool_backward_op.register_fake
-def _(grad, x, y, out, norm, signed_sqrt, normalize, triu, backend, needs_dx, needs_dy):
+def _(grad, x, y, out, norm, signed_sqrt, normalize, triu, center, backend, needs_dx, needs_dy):
     dy = x.new_empty(0) if y is None else torch.empty_like(y)
     return torch.empty_like(x), dy
 
 
 def _setup_context(ctx, inputs, output):
-    x, y, signed_sqrt, normalize, _eps, triu, backend = inputs
+    x, y, signed_sqrt, normalize, _eps, triu, center, backend = inputs
     out, norm = output
     ctx.save_for_backward(x, y, out, norm)
-    ctx.options = (signed_sqrt, normalize, triu, backend)
+    ctx.options = (signed_sqrt, normalize, triu, center, backend)
 
 
 def _backward(ctx, grad_out, _grad_norm):
     x, y, out, norm = ctx.saved_tensors
-    signed_sqrt, normalize, triu, backend = ctx.options
     needs_dx, needs_dy = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     dx, dy = torch.ops.bcnn_triton.bilinear_pool_backward(
-        grad_out, x, y, out, norm, signed_sqrt, normalize, triu, backend, needs_dx, needs_dy
+        grad_out, x, y, out, norm, *ctx.options, needs_dx, needs_dy
     )
-    return (
-        dx if needs_dx else None,
-        dy if (y is not None and needs_dy) else None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    dx = dx if needs_dx else None
+    dy = dy if (y is not None and needs_dy) else None
+    return dx, dy, None, None, None, None, None, None
 
 
 _bilinear_pool_op.register_autograd(_backward, setup_context=_setup_context)

@@ -3,7 +3,9 @@
 Forward and backward are written by hand so that autograd keeps only the inputs, the output
 and the per-sample norm; every ``N·C·C`` intermediate below lives for one call only.
 Half-precision inputs are computed in float32 (the Gram of a float16 map can exceed the
-float16 range long before its signed square root does) and cast down last.
+float16 range long before its signed square root does) and cast down last. Centring subtracts
+each channel's mean from a copy in that compute dtype; the backward multiplies by the centred
+map and needs nothing more, because its rows sum to zero.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 
 import torch
 
-from bcnn_triton.ops.coefficients import NORM_EPS
+from bcnn_triton.ops.coefficients import NORM_EPS, backward_coefficients
 
 # The single-stream Gram is computed in at most this many row panels of at least this many
 # rows (fewer rows: one plain bmm beats several small ones and the extra passes).
@@ -47,13 +49,21 @@ def triu_indices_and_weights(
     return rows, cols, weights
 
 
+def _operand(t: torch.Tensor, center: bool) -> torch.Tensor:
+    """t (N, C, L) in the compute dtype, each channel centred by its mean with ``center``."""
+    t = t.to(compute_dtype_for(t.dtype))
+    return t - t.mean(dim=2, keepdim=True) if center else t
+
+
 def bilinear_pool_forward_torch(
     x: torch.Tensor,
     y: torch.Tensor | None,
+    *,
     signed_sqrt: bool,
     normalize: bool,
     eps: float,
     triu: bool,
+    center: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Descriptor and per-sample norm. x: (N, Cx, L); y: (N, Cy, L) or None.
 
@@ -62,10 +72,10 @@ def bilinear_pool_forward_torch(
     """
     num_samples, channels, _ = x.shape
     compute_dtype = compute_dtype_for(x.dtype)
-    x_c = x.to(compute_dtype)
+    x_c = _operand(x, center)
     if y is None and not triu and channels >= 2 * _MIN_PANEL_ROWS:
         return _self_descriptor_by_panels(x_c, signed_sqrt, normalize, eps, x.dtype)
-    gram = _scaled_bmm(x_c, x_c if y is None else y.to(compute_dtype))
+    gram = _scaled_bmm(x_c, x_c if y is None else _operand(y, center))
     if signed_sqrt:
         _signed_sqrt_(gram, eps)
     if triu:
@@ -141,27 +151,41 @@ def bilinear_pool_backward_torch(
     x: torch.Tensor,
     y: torch.Tensor | None,
     out: torch.Tensor,
-    projection: torch.Tensor,
-    scale: torch.Tensor,
+    norm: torch.Tensor,
+    *,
     signed_sqrt: bool,
+    normalize: bool,
     triu: bool,
+    center: bool,
     needs_dx: bool,
     needs_dy: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients of x and y from the descriptor gradient.
 
-    grad, out: (N, D); projection, scale: (N,) from ``coefficients.backward_coefficients``.
-    The Gram gradient is dG = (grad − projection·out)·scale / |out| (without the division when
-    ``signed_sqrt`` is off; zero where out = 0), then dX = (dG + dGᵀ)·X for one stream, or
-    dX = dG·Y and dY = dGᵀ·X for two. The 1/L of the Gram is folded into ``scale``.
+    grad, out: (N, D); norm: (N,) the forward's norms (ignored unless ``normalize``). With
+    ``projection`` and ``scale`` from ``coefficients.backward_coefficients``, the Gram gradient
+    is dG = (grad − projection·out)·scale / |out| (without the division when ``signed_sqrt``
+    is off; zero where out = 0), then dX = (dG + dGᵀ)·X for one stream, or dX = dG·Y and
+    dY = dGᵀ·X for two (X and Y centred with ``center``). The 1/L of the Gram is folded into
+    ``scale``.
     """
     compute_dtype = compute_dtype_for(x.dtype)
     z = out.to(compute_dtype)
     g = grad.to(compute_dtype)
-    num_samples, channels_x, _ = x.shape
-    x_c = x.to(compute_dtype)
-    projection = projection.to(compute_dtype).unsqueeze(1)
-    scale = scale.to(compute_dtype).unsqueeze(1)
+    num_samples, channels_x, locations = x.shape
+    x_c = _operand(x, center)
+    projection, scale = backward_coefficients(
+        norm,
+        rowwise_dot_torch(out, grad) if normalize else None,
+        signed_sqrt,
+        normalize,
+        locations,
+        num_samples,
+        x.device,
+        compute_dtype,
+    )
+    projection = projection.unsqueeze(1)
+    scale = scale.unsqueeze(1)
 
     if triu:
         rows, cols, weights = triu_indices_and_weights(channels_x, x.device, compute_dtype)
@@ -183,7 +207,7 @@ def bilinear_pool_backward_torch(
     if y is None:
         sym = d_gram + d_gram.transpose(1, 2)
         return torch.bmm(sym, x_c).to(x.dtype), None
-    y_c = y.to(compute_dtype)
+    y_c = _operand(y, center)
     dx = torch.bmm(d_gram, y_c).to(x.dtype) if needs_dx else None
     dy = torch.bmm(d_gram.transpose(1, 2), x_c).to(y.dtype) if needs_dy else None
     return dx, dy

@@ -2,7 +2,8 @@
 
 The interpreter checks the arithmetic, masking and indexing of the kernels — not races, TF32
 or bfloat16, which only a GPU shows (see test_kernel_bilinear_pool_gpu.py). Every buffer the
-launchers allocate starts out as NaN, so a missing or unmasked store cannot pass unnoticed.
+launchers allocate starts out as NaN (tests/kernels/conftest.py), so a missing or unmasked store
+cannot pass unnoticed.
 The interpreter's tile is 32×32: the shapes below give several tiles and ragged edges.
 """
 
@@ -37,25 +38,16 @@ OPTIONS = [
     dict(signed_sqrt=False),
     dict(normalize=False),
     dict(signed_sqrt=False, normalize=False, triu=True),
+    # centred: eps away from the kink of the square root at the near-zero covariances
+    dict(center=True, eps=1e-3),
+    dict(center=True, signed_sqrt=False, normalize=False, triu=True),  # iSQRT-COV's input
 ]
-OPTION_IDS = ["default", "triu", "no-sqrt", "no-norm", "gram-only-triu"]
+OPTION_IDS = ["default", "triu", "no-sqrt", "no-norm", "gram-only-triu", "center", "cov-triu"]
 TOLERANCES = {
     torch.float32: dict(atol=1e-6, rtol=1e-5),
     torch.float16: dict(atol=1e-5, rtol=2e-3),
 }
 GRAD_TOLERANCES = {torch.float32: 2e-5, torch.float16: 1e-2}
-
-
-@pytest.fixture(autouse=True)
-def nan_filled_allocations(monkeypatch):
-    """Make torch.empty / empty_like return NaN-filled floating tensors during the test."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def poison(t):
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
 
 
 def make_inputs(shape, dtype, layout="contiguous"):
@@ -204,5 +196,227 @@ def test_expanded_gradient_is_read_through_its_strides():
 
 def test_opcheck_on_the_triton_path():
     x = feature_like(2, 40, 9).requires_grad_()
-    args = (x, None, True, True, 1e-10, False, "triton")
+    args = (x, None, True, True, 1e-10, False, False, "triton")
     torch.library.opcheck(torch.ops.bcnn_triton.bilinear_pool.default, args)
+
+
+# ------------------------------------------------------- normalization strategies and centring
+
+
+@pytest.mark.parametrize("strategy", ["stage", "recompute"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(triu=True), dict(center=True, eps=1e-3)],
+    ids=["default", "triu", "center"],
+)
+def test_both_normalization_strategies_match_reference(strategy, dtype, options):
+    from bcnn_triton.kernels import bilinear_pool_fwd
+
+    x, _ = make_inputs(SHAPES[0], dtype)
+    out, norm = bilinear_pool_fwd(x.flatten(2), norm_strategy=strategy, **options)
+    expected = bilinear_pool_reference(x, **options)
+    torch.testing.assert_close(out.to(torch.float64), expected, **TOLERANCES[dtype])
+    unnormalized = bilinear_pool_reference(x, normalize=False, **options)
+    torch.testing.assert_close(norm.to(torch.float64), unnormalized.norm(dim=1), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("strategy", ["stage", "recompute"])
+def test_nan_stays_in_its_sample_with_either_strategy(strategy):
+    from bcnn_triton.kernels import bilinear_pool_fwd
+
+    x = feature_like(3, 40, 16).to(torch.float16)
+    poisoned = x.clone()
+    poisoned[1, 2, 3] = float("nan")
+    out, norm = bilinear_pool_fwd(poisoned, norm_strategy=strategy)
+    assert torch.isnan(out[1]).all() and torch.isnan(norm[1])
+    clean, _ = bilinear_pool_fwd(x, norm_strategy=strategy)
+    assert torch.equal(out[[0, 2]], clean[[0, 2]])
+
+
+def _centring_error(x, backend, **options):
+    out = bilinear_pool(x, center=True, backend=backend, **options)
+    return (out.to(torch.float64) - bilinear_pool_reference(x, center=True, **options)).abs().max()
+
+
+# (dtype, mean / spread, allowed error beyond twice the torch path's, relative to the result)
+CENTRING_CASES = [
+    (torch.float32, 0.0, 1e-7),  # ReLU-like
+    (torch.float32, 1.0, 1e-7),
+    (torch.float32, 100.0, 1e-7),
+    (torch.float16, 0.0, 1e-5),
+    (torch.float16, 1.0, 1e-5),
+    # Shifted channels are centred in float32 and rounded to float16: a few float16 ulps.
+    (torch.float16, 100.0, 2.0**-9),
+]
+
+
+@pytest.mark.parametrize(("dtype", "mean_over_spread", "floor"), CENTRING_CASES)
+def test_centring_is_as_precise_as_the_torch_path(dtype, mean_over_spread, floor):
+    """A rank-1 correction alone would cancel catastrophically at 100× (float32 and float16);
+    rounding every centred value to float16 would miss twice the torch path's error at 0 and 1."""
+    spread = torch.randn(2, 40, 50, dtype=torch.float64)
+    base = torch.relu(spread) if mean_over_spread == 0 else spread
+    x = (base + mean_over_spread * (1 + torch.rand(2, 40, 1, dtype=torch.float64))).to(dtype)
+    for options in (dict(eps=1e-3), dict(signed_sqrt=False, normalize=False)):
+        ours = _centring_error(x, "triton", **options)
+        torch_path = _centring_error(x, "torch", **options)
+        scale = bilinear_pool_reference(x, center=True, **options).abs().max()
+        assert ours <= 2 * torch_path + floor * scale, (options, ours.item(), torch_path.item())
+
+
+# ------------------------------------------------------------------------ float16 gradients
+
+
+def test_float16_gradients_of_realistic_size_do_not_underflow():
+    """A classifier's gradient on a 1600-d descriptor is about 1e-4 per entry; the backward's
+    per-sample scale 1/(2r²L) must not meet it in float16 (it flushed dX to zero once)."""
+    x = feature_like(2, 40, 7, 7, dtype=torch.float16).requires_grad_()
+    weights = 1e-4 * torch.randn(2, 1600, dtype=torch.float64)
+    (bilinear_pool(x, backend="triton").to(torch.float64) * weights).sum().backward()
+    x_ref = x.detach().to(torch.float64).requires_grad_()
+    (bilinear_pool_reference(x_ref) * weights).sum().backward()
+    x_torch = x.detach().clone().requires_grad_()
+    (bilinear_pool(x_torch, backend="torch").to(torch.float64) * weights).sum().backward()
+    ours = (x.grad.to(torch.float64) - x_ref.grad).abs().max()
+    torch_path = (x_torch.grad.to(torch.float64) - x_ref.grad).abs().max()
+    assert x.grad.abs().max() > 0.5 * x_ref.grad.abs().max()
+    assert ours <= 2 * torch_path + 1e-3 * x_ref.grad.abs().max()
+
+
+# ------------------------------------------------------------- launches, guard, row alignment
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Names of the Triton kernels launched while the test runs, in order."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    names = []
+    run = InterpretedFunction.run
+
+    def counting_run(self, *args, **kwargs):
+        names.append(self.fn.__name__)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", counting_run)
+    return names
+
+
+@pytest.mark.parametrize(
+    ("dtype", "options", "forward", "backward"),
+    [
+        (torch.float32, dict(), 2, 3),  # Gram + normalize; ⟨z,g⟩ + M + GEMM
+        (torch.float16, dict(), 2, 3),  # Σs² pass + normalized pass
+        (torch.float32, dict(normalize=False), 1, 2),
+        (torch.float32, dict(center=True), 3, 4),  # + channel shifts
+    ],
+)
+def test_launches_per_call(launches, dtype, options, forward, backward):
+    x = feature_like(2, 48, 64, dtype=dtype).requires_grad_()
+    out = bilinear_pool(x, backend="triton", **options)
+    assert len(launches) == forward, launches
+    launches.clear()
+    out.sum().backward()
+    assert len(launches) == backward, launches
+
+
+def test_every_launch_runs_under_the_input_device_guard(monkeypatch):
+    from bcnn_triton.kernels import bilinear_bwd, bilinear_fwd, common
+
+    guarded = []
+
+    def recording_guard(tensor):
+        guarded.append(tensor.device)
+        return common.device_guard(tensor)
+
+    monkeypatch.setattr(bilinear_fwd, "device_guard", recording_guard)
+    monkeypatch.setattr(bilinear_bwd, "device_guard", recording_guard)
+    x = feature_like(2, 40, 9).requires_grad_()
+    bilinear_pool(x, backend="triton").sum().backward()
+    assert guarded == [x.device, x.device]
+
+
+def test_device_guard_switches_to_the_tensor_device(monkeypatch):
+    from bcnn_triton.kernels.common import device_guard
+
+    entered = []
+
+    class FakeDeviceContext:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    class FakeCudaTensor:
+        is_cuda = True
+        device = torch.device("cuda", 1)
+
+    monkeypatch.setattr(torch.cuda, "device", FakeDeviceContext)
+    with device_guard(FakeCudaTensor()):
+        pass
+    assert entered == [torch.device("cuda", 1)]
+    with device_guard(torch.zeros(1)):  # CPU: nothing to switch
+        pass
+    assert entered == [torch.device("cuda", 1)]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape", "make"),
+    [
+        (torch.float16, (2, 5, 13), lambda t: t),  # 26-byte rows
+        (torch.float32, (2, 5, 13), lambda t: t),  # 52-byte rows
+        (torch.float16, (2, 6, 3, 3), lambda t: t.to(memory_format=torch.channels_last)),
+        (torch.float32, (2, 5, 16), lambda t: t[:, :, 1:]),  # offset start, 64-byte rows
+    ],
+    ids=["fp16-L13", "fp32-L13", "fp16-channels-last-C6", "fp32-offset"],
+)
+def test_aligned_rows_copies_misaligned_maps_with_equal_values(dtype, shape, make):
+    from bcnn_triton.kernels.common import aligned_rows
+
+    t = make(torch.randn(*shape).to(dtype)).flatten(2)
+    aligned = aligned_rows(t)
+    assert torch.equal(aligned, t)
+    inner = 2 if aligned.stride(2) == 1 else 1
+    outer = 3 - inner
+    assert aligned.stride(inner) == 1
+    assert (aligned.stride(outer) * aligned.element_size()) % 16 == 0
+    assert aligned.data_ptr() % 16 == 0
+
+
+def test_aligned_rows_keeps_aligned_maps():
+    from bcnn_triton.kernels.common import aligned_rows
+
+    t = torch.randn(2, 5, 16)
+    assert aligned_rows(t) is t
+
+
+@pytest.mark.parametrize("align_rows", [True, False])
+def test_misaligned_rows_give_the_same_gradients_either_way(align_rows):
+    from bcnn_triton.kernels import bilinear_pool_bwd, bilinear_pool_fwd
+
+    x = feature_like(2, 40, 13).to(torch.float16)
+    out, norm = bilinear_pool_fwd(x, center=True, align_rows=align_rows)
+    grad = torch.randn_like(out)
+    dx, _ = bilinear_pool_bwd(grad, x, None, out, norm, center=True, align_rows=align_rows)
+    reference_out, reference_norm = bilinear_pool_fwd(x, center=True)
+    reference_dx, _ = bilinear_pool_bwd(grad, x, None, reference_out, reference_norm, center=True)
+    assert torch.equal(out, reference_out) and torch.equal(dx, reference_dx)
+
+
+def test_shared_memory_pruner_keeps_what_fits_and_always_one(monkeypatch):
+    import triton
+    from bcnn_triton.kernels import common
+
+    configs = [triton.Config({"SIZE": size}) for size in (96, 200, 40, 150)]
+    prune = common.shared_memory_pruner(lambda config, args: config.kwargs["SIZE"] * 1024, "x")
+    x = torch.zeros(1)
+    assert prune(configs, {"x": x}) == configs  # CPU: no limit to apply
+    monkeypatch.setattr(common, "_max_shared_memory", lambda device: 99 * 1024)
+    assert [c.kwargs["SIZE"] for c in prune(configs, {"x": x})] == [96, 40]
+    monkeypatch.setattr(common, "_max_shared_memory", lambda device: 8 * 1024)
+    assert [c.kwargs["SIZE"] for c in prune(configs, {"x": x})] == [40]

@@ -2,8 +2,10 @@
 
 Run on a GPU machine with ``TRITON_INTERPRET=0 pytest -m gpu tests/kernels`` (bench/gpu_check.sh
 does). Covers real compilation, bfloat16, TF32 and IEEE float32, races between programs (mirror
-stores, the Σs² table), the seed's shape, opcheck and torch.compile on CUDA. Each distinct
-dtype/option set compiles the autotuned kernels once; the cases are chosen to keep that short.
+stores, the Σs² table), the seed's shape, both normalization strategies, centring, misaligned
+rows, a second GPU, opcheck and torch.compile on CUDA. Every buffer the launchers allocate starts
+out as NaN (tests/kernels/conftest.py). Each distinct dtype/option set compiles the autotuned
+kernels once; the cases are chosen to keep that short.
 
 Low-precision results are held to flash-attention's rule: the error against float64 is at most
 twice the error of PyTorch's own computation in the same dtype (the seed's eager formula, or the
@@ -75,8 +77,10 @@ def test_seed_shape_forward_and_backward_against_float64(dtype, matmul_precision
         dict(signed_sqrt=False),
         dict(normalize=False),
         dict(two_streams=True),
+        dict(center=True, eps=1e-3),
+        dict(center=True, signed_sqrt=False, normalize=False, triu=True),
     ],
-    ids=["default", "triu", "no-sqrt", "no-norm", "two-streams"],
+    ids=["default", "triu", "no-sqrt", "no-norm", "two-streams", "center", "cov-triu"],
 )
 def test_ragged_shapes_and_options_in_bfloat16(options):
     """C = 100 and L = 91: partial tiles on every edge."""
@@ -127,9 +131,9 @@ def test_float16_gram_beyond_float16_range():
 
 def test_opcheck_on_cuda():
     x = feature_like(2, 64, 49).cuda().requires_grad_()
-    torch.library.opcheck(
-        torch.ops.bcnn_triton.bilinear_pool.default, (x, None, True, True, 1e-10, False, "triton")
-    )
+    for center in (False, True):
+        args = (x, None, True, True, 1e-10, False, center, "auto")
+        torch.library.opcheck(torch.ops.bcnn_triton.bilinear_pool.default, args)
 
 
 def test_compile_fullgraph_on_cuda():
@@ -146,3 +150,57 @@ def test_compile_fullgraph_on_cuda():
     compiled(images).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
     torch.testing.assert_close(compiled(images[:3]), model(images[:3]), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["stage", "recompute"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_both_normalization_strategies(strategy, dtype):
+    from bcnn_triton.kernels import bilinear_pool_fwd
+
+    x = feature_like(8, 256, 14, 14, dtype=dtype, dead=0.1).cuda()
+    out, norm = bilinear_pool_fwd(x.flatten(2), norm_strategy=strategy)
+    torch_out = bilinear_pool(x, backend="torch")
+    assert_within_twice_torch_error(out, torch_out, bilinear_pool_reference(x), FLOOR[dtype])
+    expected_norm = bilinear_pool_reference(x, normalize=False).norm(dim=1)
+    torch.testing.assert_close(norm.double(), expected_norm, rtol=1e-3, atol=0)
+
+
+def test_float16_gradients_of_realistic_size_do_not_underflow():
+    x = feature_like(4, 512, 28, 28, dtype=torch.float16).cuda()
+    weights = 1e-4 * torch.randn(4, 512 * 512, dtype=torch.float64, device="cuda")
+    (ours,) = _grads(bilinear_pool, x, weights=weights)
+    (torch_path,) = _grads(lambda t: bilinear_pool(t, backend="torch"), x, weights=weights)
+    (ref,) = _grads(bilinear_pool_reference, x.double(), weights=weights)
+    assert ours.abs().max() > 0.5 * ref.abs().max()
+    assert_within_twice_torch_error(ours, torch_path, ref, FLOOR[torch.float16])
+
+
+@pytest.mark.parametrize("align_rows", [True, False])
+def test_misaligned_rows_in_bfloat16(align_rows):
+    """L = 196 (14×14): 392-byte rows, copied to aligned ones or read as they are."""
+    from bcnn_triton.kernels import bilinear_pool_bwd, bilinear_pool_fwd
+
+    x = feature_like(8, 256, 196, dtype=torch.bfloat16).cuda()
+    out, norm = bilinear_pool_fwd(x, align_rows=align_rows)
+    grad = torch.randn_like(out)
+    dx, _ = bilinear_pool_bwd(grad, x, None, out, norm, align_rows=align_rows)
+    assert_within_twice_torch_error(
+        out, bilinear_pool(x, backend="torch"), bilinear_pool_reference(x), FLOOR[torch.bfloat16]
+    )
+    x64 = x.double().requires_grad_()
+    (bilinear_pool_reference(x64) * grad.double()).sum().backward()
+    x_torch = x.detach().requires_grad_()
+    bilinear_pool(x_torch, backend="torch").backward(grad)
+    assert_within_twice_torch_error(dx, x_torch.grad, x64.grad, FLOOR[torch.bfloat16])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_a_map_on_the_second_gpu_runs_there():
+    """The current device stays 0; the kernels must follow the tensors to GPU 1."""
+    torch.cuda.set_device(0)
+    x = feature_like(2, 64, 7, 7).to("cuda:1").requires_grad_()
+    out = bilinear_pool(x)
+    assert out.device == x.device
+    torch.testing.assert_close(out.cpu(), bilinear_pool(x.detach().cpu()), atol=2e-6, rtol=1e-4)
+    out.sum().backward()
+    assert x.grad.device == x.device and torch.isfinite(x.grad).all()

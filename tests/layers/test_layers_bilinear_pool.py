@@ -26,5 +26,15 @@ def test_two_streams_through_the_module():
     assert pool.output_size(4, 6) == 24
     torch.testing.assert_close(pool(x, y), bilinear_pool(x, y, signed_sqrt=False))
     assert repr(BilinearPool()) == (
-        "BilinearPool(signed_sqrt=True, normalize=True, eps=1e-10, triu=False, backend=None)"
+        "BilinearPool(signed_sqrt=True, normalize=True, eps=1e-10, triu=False, center=False, "
+        "backend=None)"
     )
+
+
+def test_covariance_pooling_through_the_module():
+    pool = BilinearPool(center=True, signed_sqrt=False, normalize=False)
+    x = feature_like(2, 5, 4, 4)
+    torch.testing.assert_close(
+        pool(x), bilinear_pool(x, center=True, signed_sqrt=False, normalize=False)
+    )
+    assert "center=True" in repr(pool)

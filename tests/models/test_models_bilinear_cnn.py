@@ -390,7 +390,7 @@ def test_freezing_follows_the_model_mode():
         (
             dict(backend="cuda"),
             ValueError,
-            r"backend must be None, 'torch' or 'triton'; got 'cuda'",
+            r"backend must be None, 'auto', 'torch' or 'triton'; got 'cuda'",
         ),
     ],
     ids=[

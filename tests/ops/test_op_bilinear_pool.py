@@ -43,8 +43,10 @@ OPTIONS = [
     dict(signed_sqrt=False),
     dict(normalize=False),
     dict(signed_sqrt=False, normalize=False),
+    # covariance; eps keeps the square root away from its kink at near-zero covariances
+    dict(center=True, eps=1e-3),
 ]
-OPTION_IDS = ["default", "no-sqrt", "no-norm", "gram-only"]
+OPTION_IDS = ["default", "no-sqrt", "no-norm", "gram-only", "center"]
 
 
 def make_inputs(shape, dtype=torch.float32, layout="contiguous", dead=0.0):
@@ -118,10 +120,27 @@ def test_defaults_equal_the_seed_formula(dtype):
     torch.testing.assert_close(out, seed_bilinear_pool(x), **TOLERANCES[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_centring_a_mean_far_above_the_spread(dtype):
+    """Means 100× the spread: the mean is taken out of every value before the product."""
+    x = (torch.randn(2, 20, 40, dtype=torch.float64) + 100.0).to(dtype)
+    for options in (dict(signed_sqrt=False, normalize=False), dict(eps=1e-3)):
+        out = bilinear_pool(x, center=True, **options)
+        expected = bilinear_pool_reference(x, center=True, **options)
+        assert_close_scaled(out, expected, 1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def test_centred_streams_each_use_their_own_mean():
+    x, y = feature_like(2, 5, 30) + 3.0, feature_like(2, 4, 30) - 7.0
+    out = bilinear_pool(x, y, center=True, signed_sqrt=False, normalize=False)
+    xc, yc = x - x.mean(2, keepdim=True), y - y.mean(2, keepdim=True)
+    torch.testing.assert_close(out, (xc @ yc.transpose(1, 2) / 30).flatten(1))
+
+
 def test_float16_gram_beyond_float16_range_stays_finite():
     # Entries near 300 give Gram values near 9e4 > 65504, the float16 maximum.
     x = (300 + 10 * torch.rand(2, 8, 5, 5)).to(torch.float16)
-    for options in OPTIONS:
+    for options in OPTIONS[:4]:
         out = bilinear_pool(x, **options)
         expected = bilinear_pool_reference(x, **options)
         assert torch.isfinite(out).all() or options == dict(signed_sqrt=False, normalize=False)
@@ -166,7 +185,8 @@ def _gradcheck_inputs(shape, generator):
     return x, y
 
 
-@pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
+@pytest.mark.parametrize("center", [False, True], ids=["", "center"])
+@pytest.mark.parametrize("options", OPTIONS[:4], ids=OPTION_IDS[:4])
 @pytest.mark.parametrize(
     ("shape", "triu"),
     [
@@ -177,14 +197,15 @@ def _gradcheck_inputs(shape, generator):
         ((2, 1, None, 1), True),
     ],
 )
-def test_gradcheck_float64(shape, triu, options):
-    # Positive features at the default eps, and signed ones with eps away from the kink at 0.
-    x, y = _gradcheck_inputs(shape, lambda *s: feature_like(*s, dtype=torch.float64))
-    assert torch.autograd.gradcheck(lambda a, b: bilinear_pool(a, b, triu=triu, **options), (x, y))
+def test_gradcheck_float64(shape, triu, options, center):
+    # Positive features at the default eps, and signed ones with eps away from the kink at 0;
+    # centred ones are signed.
+    options = dict(options, triu=triu, center=center)
+    if not center:
+        x, y = _gradcheck_inputs(shape, lambda *s: feature_like(*s, dtype=torch.float64))
+        assert torch.autograd.gradcheck(lambda a, b: bilinear_pool(a, b, **options), (x, y))
     x, y = _gradcheck_inputs(shape, lambda *s: torch.randn(*s, dtype=torch.float64))
-    assert torch.autograd.gradcheck(
-        lambda a, b: bilinear_pool(a, b, triu=triu, eps=1e-2, **options), (x, y)
-    )
+    assert torch.autograd.gradcheck(lambda a, b: bilinear_pool(a, b, eps=1e-2, **options), (x, y))
 
 
 def test_all_zero_input_has_finite_zero_gradient():
@@ -248,7 +269,8 @@ def _op_samples():
         x = feature_like(2, 6, 5).requires_grad_()
         y = None if channels_y is None else feature_like(2, channels_y, 5).requires_grad_()
         for signed_sqrt, normalize in ((True, True), (False, True), (True, False)):
-            samples.append((x, y, signed_sqrt, normalize, 1e-10, triu, "torch"))
+            for center, backend in ((False, "torch"), (True, "auto")):
+                samples.append((x, y, signed_sqrt, normalize, 1e-10, triu, center, backend))
     return samples
 
 
@@ -261,9 +283,11 @@ def test_opcheck_forward(args):
 def test_opcheck_backward(two_streams):
     x = feature_like(2, 6, 5)
     y = feature_like(2, 4, 5) if two_streams else None
-    out, norm = torch.ops.bcnn_triton.bilinear_pool(x, y, True, True, 1e-10, False, "torch")
+    out, norm = torch.ops.bcnn_triton.bilinear_pool(
+        x, y, True, True, 1e-10, False, two_streams, "auto"
+    )
     grad = torch.randn_like(out)
-    args = (grad, x, y, out, norm, True, True, False, "torch", True, True)
+    args = (grad, x, y, out, norm, True, True, False, two_streams, "auto", True, True)
     torch.library.opcheck(torch.ops.bcnn_triton.bilinear_pool_backward.default, args)
 
 
@@ -382,3 +406,48 @@ def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
 
 def test_automatic_backend_on_cpu_is_torch():
     assert bcnn_triton.ops.resolve_backend(None, torch.rand(1, 2, 3)) == "torch"
+    assert bcnn_triton.ops.resolve_backend("auto", torch.rand(1, 2, 3)) == "torch"
+
+
+def test_the_registered_op_resolves_auto_when_it_runs():
+    """The backend a graph carries is "auto" unless the caller chose one: an exported or
+    compiled graph must not hard-wire the backend of the machine that traced it."""
+    x = feature_like(2, 6, 5)
+    graph = torch.fx.experimental.proxy_tensor.make_fx(lambda t: bilinear_pool(t))(x)
+    calls = [
+        n for n in graph.graph.nodes if n.target == torch.ops.bcnn_triton.bilinear_pool.default
+    ]
+    assert len(calls) == 1 and calls[0].args[-1] == "auto"
+    torch.testing.assert_close(graph(x), bilinear_pool(x, backend="torch"))
+
+
+def _fail_import(monkeypatch, error):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def failing_import(name, *args, **kwargs):
+        if name == "triton" or name.startswith("triton."):
+            raise error
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    monkeypatch.delitem(__import__("sys").modules, "triton", raising=False)
+    bcnn_triton.ops.triton_available.cache_clear()
+
+
+def test_triton_is_unavailable_only_when_the_package_is_missing(monkeypatch):
+    _fail_import(monkeypatch, ModuleNotFoundError("No module named 'triton'", name="triton"))
+    try:
+        assert bcnn_triton.ops.triton_available() is False
+    finally:
+        bcnn_triton.ops.triton_available.cache_clear()
+
+
+def test_a_broken_triton_install_is_not_silently_ignored(monkeypatch):
+    _fail_import(monkeypatch, ImportError("libcuda.so.1: cannot open shared object file"))
+    try:
+        with pytest.raises(ImportError, match="libcuda"):
+            bcnn_triton.ops.triton_available()
+    finally:
+        bcnn_triton.ops.triton_available.cache_clear()
