@@ -84,18 +84,28 @@ class Roofline:
     floor_ms: float  # max(bytes / bandwidth, flops / peak)
 
 
-# Vendor peaks (dense): HBM bandwidth in B/s and matmul throughput in FLOP/s per input dtype.
-DEVICE_PEAKS = {
-    "H100": (3.35e12, {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12, "float32": 67e12}),
-    "H200": (4.8e12, {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12, "float32": 67e12}),
-}
+# Vendor peaks (dense) by device name, most specific first: HBM bandwidth in B/s and matmul
+# throughput in FLOP/s per input dtype. The same chip name covers parts with different clocks
+# and memory (H100 SXM, PCIe and NVL), so an unknown variant gets no roofline rather than
+# another part's.
+DEVICE_PEAKS = (
+    ("H100 PCIe", 2.0e12, {"bfloat16": 756e12, "tf32": 378e12, "float32": 51e12}),
+    ("H100 NVL", 3.9e12, {"bfloat16": 835e12, "tf32": 418e12, "float32": 60e12}),
+    ("H100 80GB HBM3", 3.35e12, {"bfloat16": 989e12, "tf32": 494e12, "float32": 67e12}),
+    ("H100 SXM", 3.35e12, {"bfloat16": 989e12, "tf32": 494e12, "float32": 67e12}),
+    ("H200 NVL", 4.8e12, {"bfloat16": 835e12, "tf32": 418e12, "float32": 60e12}),
+    ("H200", 4.8e12, {"bfloat16": 989e12, "tf32": 494e12, "float32": 67e12}),
+    ("A100-SXM4-80GB", 2.039e12, {"bfloat16": 312e12, "tf32": 156e12, "float32": 19.5e12}),
+    ("A100 80GB PCIe", 1.935e12, {"bfloat16": 312e12, "tf32": 156e12, "float32": 19.5e12}),
+)
 
 
 def device_peaks(name: str) -> tuple[float, dict[str, float]] | None:
-    """Peak bandwidth and FLOP rates of a GPU known by name (e.g. "NVIDIA H100 80GB HBM3")."""
-    for key, peaks in DEVICE_PEAKS.items():
+    """Peak bandwidth and FLOP rates of a GPU known by name (e.g. "NVIDIA H100 80GB HBM3");
+    None for a part not in DEVICE_PEAKS. float16 runs at the bfloat16 rate."""
+    for key, bandwidth, rates in DEVICE_PEAKS:
         if key in name:
-            return peaks
+            return bandwidth, {**rates, "float16": rates["bfloat16"]}
     return None
 
 

@@ -1,18 +1,33 @@
 #!/usr/bin/env bash
-# One-shot GPU check (≤ 6 min on a bare H100/H200): install, GPU tests, GPU benchmarks, summary.
+# One-shot GPU check (about 6-7 min on a bare H100/H200): install, GPU tests, tuning sweep,
+# benchmarks, summary. Every step writes its own files and prints its timing; a step that fails,
+# hangs or runs out of time does not stop the next one.
 #
-#   bash bench/gpu_check.sh [OUT_DIR]        (default: $OUT, else bench/results/<date>-local)
+#   bash bench/gpu_check.sh [OUT_DIR] [STEP ...]
 #
-# Needs torch, triton, pytest and pytest-benchmark already installed (no network is used).
-# Writes into OUT_DIR: env.txt, gpu_tests.log, bench.log, benchmark.json (raw pytest-benchmark),
-# summary.json, summary.md and summary.png. Commit them under bench/results/<date>-<gpu>/.
+# OUT_DIR defaults to $OUT, else bench/results/<date>-local. STEPs (default: all, in this
+# order): tests, tune, bench. A rerun after fixes names only what changed, e.g.
+#   bash bench/gpu_check.sh "$OUT" tests bench
+#
+# Needs torch, triton, pytest and pytest-benchmark installed (no network is used); uses
+# pytest-xdist (parallel compiles) and pytest-timeout (a hang becomes a failed test) when present.
+# Writes into OUT_DIR: env.txt, gpu_tests.log, tune.jsonl + tune.md + tune.log, bench.log,
+# benchmark.json (raw pytest-benchmark), summary.json, summary.md and summary.png.
+# Commit them under bench/results/<date>-<gpu>/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-bench/results/$(date +%Y-%m-%d)-local}}"
+shift || true
+steps="${*:-tests tune bench}"
 mkdir -p "$out"
 export TRITON_INTERPRET=0
 started=$(date +%s)
 step() { echo "== $1 ($(($(date +%s) - started)) s)"; }
+wants() { [[ " $steps " == *" $1 "* ]]; }
+# SIGINT first, so pytest finishes its session and pytest-benchmark writes its JSON; SIGKILL
+# 20 s later if it does not stop.
+bounded() { local seconds=$1; shift; timeout -s INT -k 20 "$seconds" "$@"; }
+status=0
 
 step "install"
 if ! pip install --no-deps --no-build-isolation -e . > "$out/install.log" 2>&1; then
@@ -24,25 +39,44 @@ rm -f "$out/install.log"
 step "environment"
 {
     date -u +%Y-%m-%dT%H:%M:%SZ
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    echo "command: bash bench/gpu_check.sh $out $steps"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
     python -c "import sys, torch, triton; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda); print('triton', triton.__version__); print('device', torch.cuda.get_device_name())"
 } | tee "$out/env.txt"
 
-step "gpu tests"
-timeout 150 python -m pytest -p no:cacheprovider -m gpu -q -rs \
-    tests/kernels/test_kernel_bilinear_pool_gpu.py 2>&1 | tee "$out/gpu_tests.log"
-tests_status=${PIPESTATUS[0]}
+pytest_extra=()
+python -c "import xdist" 2> /dev/null && pytest_extra+=(-n 8)
+python -c "import pytest_timeout" 2> /dev/null && pytest_extra+=(--timeout 150)
 
-step "gpu benchmarks"
-BCNN_BENCH_BUDGET_S=120 timeout 210 python -m pytest -p no:cacheprovider -q \
-    bench/test_bench_gpu.py --benchmark-only --benchmark-json="$out/benchmark.json" \
-    --benchmark-columns=median,iqr,rounds 2>&1 | tail -n 60 > "$out/bench.log"
-bench_status=${PIPESTATUS[0]}
-tail -n 5 "$out/bench.log"
-
-step "summary"
-if [ -s "$out/benchmark.json" ]; then
-    python bench/summarize.py "$out/benchmark.json" --out "$out"
+if wants tests; then
+    step "gpu tests (${pytest_extra[*]:-serial})"
+    bounded 240 python -m pytest -p no:cacheprovider -m gpu -q -rs "${pytest_extra[@]}" tests \
+        > "$out/gpu_tests.log" 2>&1
+    code=$?
+    tail -n 25 "$out/gpu_tests.log"
+    [ "$code" -eq 0 ] || status=1
 fi
-step "done: tests exit $tests_status, benchmarks exit $bench_status"
-[ "$tests_status" -eq 0 ] && [ "$bench_status" -eq 0 ]
+
+if wants tune; then
+    step "tuning sweep"
+    bounded 210 python bench/tune_kernels.py --out "$out" --budget-s 150 > "$out/tune.log" 2>&1
+    code=$?
+    tail -n 40 "$out/tune.log"
+    [ "$code" -eq 0 ] || status=1
+fi
+
+if wants bench; then
+    step "gpu benchmarks"
+    BCNN_BENCH_BUDGET_S=120 bounded 190 python -m pytest -p no:cacheprovider -q \
+        bench/test_bench_gpu.py --benchmark-only --benchmark-json="$out/benchmark.json" \
+        --benchmark-columns=median,iqr,rounds > "$out/bench.log" 2>&1
+    code=$?
+    tail -n 5 "$out/bench.log"
+    [ "$code" -eq 0 ] || status=1
+    step "summary"
+    if [ -s "$out/benchmark.json" ]; then
+        python bench/summarize.py "$out/benchmark.json" --out "$out"
+    fi
+fi
+step "done: exit $status"
+exit "$status"

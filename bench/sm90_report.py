@@ -193,6 +193,7 @@ def _configs(kernel) -> list:
 def _source(jit, case: Case, config) -> ASTSource:
     signature, constexprs, attrs = {}, {}, {}
     values = {**case.constexprs, **config.kwargs}
+    unspecialized = {jit.arg_names[i] if isinstance(i, int) else i for i in jit.do_not_specialize}
     for index, name in enumerate(jit.arg_names):
         if name in values:
             signature[name] = "constexpr"
@@ -204,7 +205,9 @@ def _source(jit, case: Case, config) -> ASTSource:
             signature[name] = "fp32"
         else:
             value = case.ints[name]  # KeyError: CASES no longer matches the kernel
-            if value == 1:
+            if name in unspecialized:
+                signature[name] = "i32"
+            elif value == 1:
                 signature[name] = "constexpr"
                 constexprs[(index,)] = 1
             else:

@@ -226,7 +226,8 @@ def _gram_grad_kernel(
     ],
     prune_configs_by={"early_config_prune": shared_memory_pruner(matmul_shared_memory, "m_ptr")},
 )
-@triton.jit
+# BATCH_BUCKET only keys the autotuner: not specialized, so it never causes a recompile.
+@triton.jit(do_not_specialize=["BATCH_BUCKET"])
 def _gram_grad_matmul_kernel(
     # pointers: M (N, A_DIM, B_DIM); operand V (N, B_DIM, L); V's channel means (N, B_DIM),
     # float32 (read only with CENTER); norms (N,), float32 (read only with NORMALIZE);

@@ -116,7 +116,8 @@ def fwd_shared_memory(config: triton.Config, args: dict) -> int:
     ],
     prune_configs_by={"early_config_prune": shared_memory_pruner(fwd_shared_memory, "x_ptr")},
 )
-@triton.jit
+# BATCH_BUCKET only keys the autotuner: not specialized, so it never causes a recompile.
+@triton.jit(do_not_specialize=["BATCH_BUCKET"])
 def _bilinear_pool_fwd_kernel(
     # pointers: feature maps (N, C_X, L) and (N, C_Y, L); per-channel shifts s and residual
     # means δ (N, C_X) and (N, C_Y), float32 (read only with CENTER); descriptor (N, D); Σs²
