@@ -3,6 +3,7 @@
     TRITON_INTERPRET=0 python bench/sm90_report.py               # markdown table, sm_90
     TRITON_INTERPRET=0 python bench/sm90_report.py --json        # one JSON row per line
     TRITON_INTERPRET=0 python bench/sm90_report.py --arch 86     # consumer Ampere
+    python bench/sm90_report.py --from-json rows.jsonl --first-only   # render saved rows
 
 Each kernel is compiled the way a real launch at the seed's shape specializes it (N = 32,
 C = 512, L = 784; integer arguments equal to 1 become constants, those divisible by 16 carry the
@@ -240,14 +241,15 @@ _ASYNC_COPY = re.compile(r"\b(LDGSTS|UTMALDG|UBLKCP)\b")
 
 
 def _main_loop(sass: str) -> dict:
-    """SASS instructions per iteration of the hottest loop: the backward branch whose body holds
-    the most tensor-core (or, without them, FFMA) instructions."""
+    """The kernel's hot loops — backward branches around tensor-core (or, without them, FFMA)
+    instructions: SASS instructions per iteration of each (a kernel with two loop versions,
+    such as the centred forward, has two), and the tensor-core instructions of the busiest."""
     instructions = []  # (address, text)
     for line in sass.splitlines():
         match = re.match(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
         if match:
             instructions.append((int(match.group(1), 16), match.group(2)))
-    best = {"loop_instructions": 0, "loop_mma": 0, "loop_ffma": 0}
+    loops = []
     for address, text in instructions:
         branch = re.search(r"\bBRA\s+(0x[0-9a-f]+)", text)
         if not branch or int(branch.group(1), 16) >= address:
@@ -255,10 +257,17 @@ def _main_loop(sass: str) -> dict:
         body = [t for a, t in instructions if int(branch.group(1), 16) <= a <= address]
         mma = sum(bool(_MMA.search(t)) for t in body)
         ffma = sum(bool(re.search(r"\bFFMA\b", t)) for t in body)
-        if (mma, ffma) > (best["loop_mma"], best["loop_ffma"]):
-            best = {"loop_instructions": len(body), "loop_mma": mma, "loop_ffma": ffma}
-    best["async_copy"] = bool(_ASYNC_COPY.search(sass))
-    return best
+        if mma or ffma:
+            loops.append((mma, ffma, len(body)))
+    busiest = max(loops, default=(0, 0, 0))
+    return {
+        "loop_instructions": sorted(
+            {size for mma, ffma, size in loops if (mma, ffma) == busiest[:2]}
+        ),
+        "loop_mma": busiest[0],
+        "loop_ffma": busiest[1],
+        "async_copy": bool(_ASYNC_COPY.search(sass)),
+    }
 
 
 def _ctas_per_sm(arch: int, regs: int, shared: int, warps: int) -> int:
@@ -338,7 +347,8 @@ def _markdown(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['case']} | {r['config']} | {r['regs']} | {r['spill']} | "
-            f"{r['shared'] / 1024:.0f} | {r['ctas_per_sm']} | {r['loop_instructions']} | "
+            f"{r['shared'] / 1024:.0f} | {r['ctas_per_sm']} | "
+            f"{' / '.join(map(str, r['loop_instructions'])) or '—'} | "
             f"{r['loop_mma'] or ('FFMA ' + str(r['loop_ffma']) if r['loop_ffma'] else 0)} | "
             f"{'yes' if r['async_copy'] else 'no'} |"
         )
@@ -350,19 +360,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, default=90, choices=sorted(_SM_LIMITS))
     parser.add_argument("--json", action="store_true", help="one JSON row per line")
     parser.add_argument("--cases", nargs="*", help="only the cases whose name contains these")
+    parser.add_argument("--first-only", action="store_true", help="first config of each case")
+    parser.add_argument("--from-json", type=Path, help="render rows written by --json")
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("0", ""):
-        parser.error("run with TRITON_INTERPRET=0: the interpreter compiles nothing")
-    cases = [c for c in CASES if not args.cases or any(s in c.name for s in args.cases)]
-    rows = []
-    for row in report_rows(args.arch, cases):
-        rows.append(row)
+    if args.from_json:
+        rows = [json.loads(line) for line in args.from_json.read_text().splitlines() if line]
+    else:
+        if os.environ.get("TRITON_INTERPRET", "0") not in ("0", ""):
+            parser.error("run with TRITON_INTERPRET=0: the interpreter compiles nothing")
+        cases = [c for c in CASES if not args.cases or any(s in c.name for s in args.cases)]
+        rows = []
+        for row in report_rows(args.arch, cases):
+            rows.append(row)
+            if args.json:
+                print(json.dumps(row), flush=True)
         if args.json:
-            print(json.dumps(row), flush=True)
-    if not args.json:
-        print(f"sm_{args.arch}, N={N}, C={C}, L={L}, triton {triton.__version__}")
-        print(f"(shared memory limit of consumer GPUs: {CONSUMER_SHARED_MEMORY // 1024} KiB)\n")
-        print(_markdown(rows))
+            return 0
+    if args.first_only:
+        rows = [r for i, r in enumerate(rows) if i == 0 or rows[i - 1]["case"] != r["case"]]
+    arch = rows[0]["arch"] if rows else args.arch
+    print(f"sm_{arch}, N={N}, C={C}, L={L}, triton {triton.__version__}")
+    print(f"(shared memory limit of consumer GPUs: {CONSUMER_SHARED_MEMORY // 1024} KiB)\n")
+    print(_markdown(rows))
     return 0
 
 
