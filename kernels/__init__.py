@@ -10,13 +10,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["bilinear_pool_bwd", "bilinear_pool_fwd", "rowwise_dot"]
+__all__ = ["bilinear_pool_bwd", "bilinear_pool_fwd"]
 
-_LAUNCHERS = {
-    "bilinear_pool_bwd": ".bilinear_bwd",
-    "bilinear_pool_fwd": ".bilinear_fwd",
-    "rowwise_dot": ".bilinear_bwd",
-}
+_LAUNCHERS = {"bilinear_pool_bwd": ".bilinear_bwd", "bilinear_pool_fwd": ".bilinear_fwd"}
 
 
 def __getattr__(name: str) -> Any:

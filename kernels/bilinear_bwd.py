@@ -39,7 +39,7 @@ from .common import (
     shared_memory_pruner,
 )
 
-__all__ = ["bilinear_pool_bwd", "gram_grad_dtype", "matmul_shared_memory", "rowwise_dot"]
+__all__ = ["bilinear_pool_bwd", "matmul_shared_memory"]
 
 # Tile side of the elementwise kernel that builds M (a transpose per tile, no tensor cores).
 _GRAD_BLOCK = 32 if INTERPRETER else 64
@@ -66,7 +66,7 @@ def _matmul_configs() -> list[triton.Config]:
     ]
 
 
-def gram_grad_dtype(dtype: torch.dtype) -> torch.dtype:
+def _gram_grad_dtype(dtype: torch.dtype) -> torch.dtype:
     """dtype of M for maps of ``dtype``: bfloat16 stays, float16 and float32 use float32."""
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
@@ -106,16 +106,9 @@ def _rowwise_dot_kernel(
     tl.store(partial_ptr + pid, tl.sum(a * b, axis=0))
 
 
-def rowwise_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-row dot product of two (N, D) tensors (any strides), accumulated in float32: (N,).
-
-    Deterministic: fixed-size partial sums, reduced in a fixed order.
-    """
-    with device_guard(a):
-        return _partial_dots(a, b).sum(dim=1)
-
-
 def _partial_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Partial sums (N, cdiv(D, _DOT_BLOCK)) of the per-row dot products of two (N, D) tensors
+    (any strides), float32; ``_gram_grad_kernel`` adds them up in a fixed order."""
     num_rows, size = a.shape
     chunks = triton.cdiv(size, _DOT_BLOCK)
     partial = torch.empty((num_rows, chunks), device=a.device, dtype=torch.float32)
@@ -350,7 +343,7 @@ def _backward(
     partial = _partial_dots(out, grad) if normalize else out
     norm = norm if normalize else out
     m = torch.empty(
-        (num_samples, channels_x, channels_y), device=x.device, dtype=gram_grad_dtype(x.dtype)
+        (num_samples, channels_x, channels_y), device=x.device, dtype=_gram_grad_dtype(x.dtype)
     )
     tiles = triton.cdiv(channels_x, _GRAD_BLOCK) * triton.cdiv(channels_y, _GRAD_BLOCK)
     _gram_grad_kernel[(num_samples * tiles,)](
