@@ -19,7 +19,7 @@ from bcnn_triton.ops.coefficients import NORM_EPS, backward_coefficients
 
 # The single-stream Gram is computed in at most this many row panels of at least this many
 # rows (fewer rows: one plain bmm beats several small ones and the extra passes).
-_MAX_PANELS = 4
+_MAX_PANELS = 8
 _MIN_PANEL_ROWS = 64
 
 __all__ = [
@@ -109,7 +109,7 @@ def _self_descriptor_by_panels(
     """The full single-stream descriptor from the Gram's row panels on and above the diagonal.
 
     The channels split into P panels; panel i is X_i·X_{i:}ᵀ, its rows of the Gram from its
-    diagonal block rightwards — (P + 1)/2P of the GEMM (5/8 with P = 4). The signed square root
+    diagonal block rightwards — (P + 1)/2P of the GEMM (9/16 with P = 8, C = 512). The signed square root
     runs on the panels; one last pass writes each panel, and the mirror of its part right of the
     diagonal block, straight into the output, divided by the norm.
     """
