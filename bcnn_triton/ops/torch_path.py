@@ -109,9 +109,9 @@ def _self_descriptor_by_panels(
     """The full single-stream descriptor from the Gram's row panels on and above the diagonal.
 
     The channels split into P panels; panel i is X_i·X_{i:}ᵀ, its rows of the Gram from its
-    diagonal block rightwards — (P + 1)/2P of the GEMM (9/16 with P = 8, C = 512). The signed square root
-    runs on the panels; one last pass writes each panel, and the mirror of its part right of the
-    diagonal block, straight into the output, divided by the norm.
+    diagonal block rightwards — (P + 1)/2P of the GEMM (9/16 with P = 8 at C = 512). The signed
+    square root runs on the panels; one last pass writes each panel, and the mirror of its part
+    right of the diagonal block, straight into the output, divided by the norm.
     """
     num_samples, channels, _ = x.shape
     count = min(_MAX_PANELS, channels // _MIN_PANEL_ROWS)
