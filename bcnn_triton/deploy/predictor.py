@@ -117,7 +117,7 @@ class Predictor:
         amp: ``"off"``, ``"bf16"`` or ``"fp16"``: autocast for the forward pass.
         top_k: how many classes to report per image (at most the number of classes).
         image_size: evaluate at another size than the training one.
-        progress: show a progress bar (on a terminal, for runs longer than a second).
+        progress: show a progress bar (on a terminal, once a run has taken a second).
 
     Example:
         >>> predictor = Predictor("runs/demo/bilinear/fc/best.pt", top_k=2)
@@ -202,9 +202,9 @@ class Predictor:
             pin_memory=self.trained.device.type == "cuda",
         )
         predictions, unreadable = [], []
-        with tqdm(
-            total=len(paths), unit="img", desc="predict", disable=not self.progress, delay=1.0
-        ) as bar:
+        # disable=None: tqdm hides the bar when stderr is not a terminal (logs, pipes).
+        disable = None if self.progress else True
+        with tqdm(total=len(paths), unit="img", desc="predict", disable=disable, delay=1.0) as bar:
             for batch in loader:
                 unreadable.extend(batch.unreadable)
                 if len(batch.labels):
