@@ -54,6 +54,7 @@ def bilinear_pool_onnx(
     ``backend`` argument chooses between implementations of the same function, so it plays no
     part here.
     """
+    channels = x.shape[1] if x.shape is not None else None  # known before any operator
     if center:
         x = op.Sub(x, op.ReduceMean(x, _constant(np.array([2], np.int64)), keepdims=1))
         if y is not None:
@@ -67,7 +68,6 @@ def bilinear_pool_onnx(
         gram = op.Mul(op.Sign(gram), magnitude)
     out = op.Flatten(gram, axis=1)
     if triu:
-        channels = x.shape[1] if x.shape is not None else None
         if not isinstance(channels, int):
             raise ValueError("triu=True needs a static channel count to export to ONNX")
         out = _upper_triangle(out, channels)
@@ -80,25 +80,7 @@ def bilinear_pool_onnx(
     return out, op.Squeeze(norm, axis)
 
 
-def _bilinear_pool_without_center_onnx(
-    x: FLOAT,
-    y: FLOAT | None,
-    signed_sqrt: bool,
-    normalize: bool,
-    eps: float,
-    triu: bool,
-    backend: str,
-) -> tuple[FLOAT, FLOAT]:
-    """The operator's schema before ``center`` was added: the same, without centring."""
-    return bilinear_pool_onnx(x, y, signed_sqrt, normalize, eps, triu, False, backend)
-
-
-def _bilinear_pool_translation() -> Callable[..., object]:
-    arguments = [a.name for a in torch.ops.bcnn_triton.bilinear_pool.default._schema.arguments]
-    return bilinear_pool_onnx if "center" in arguments else _bilinear_pool_without_center_onnx
-
-
 #: ``torch.ops.bcnn_triton`` operator overload → its ONNX Script translation.
 ONNX_TRANSLATIONS: dict[torch._ops.OpOverload, Callable[..., object]] = {
-    torch.ops.bcnn_triton.bilinear_pool.default: _bilinear_pool_translation(),
+    torch.ops.bcnn_triton.bilinear_pool.default: bilinear_pool_onnx,
 }

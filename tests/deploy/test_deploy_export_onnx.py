@@ -6,7 +6,6 @@ their PyTorch logits (max |Δ| <= 1e-4 in float32 on CPU, batch sizes 1 and 3, d
 
 from __future__ import annotations
 
-import inspect
 import json
 import subprocess
 import sys
@@ -34,8 +33,6 @@ onnxruntime = pytest.importorskip("onnxruntime")
 
 from bcnn_triton.deploy.onnx_ops import ONNX_TRANSLATIONS  # noqa: E402  (needs onnxscript)
 
-HAS_CENTER = "center" in inspect.signature(bilinear_pool).parameters
-
 
 class Pool(torch.nn.Module):
     """The functional op with fixed options, as a module to export (one or two streams)."""
@@ -49,7 +46,7 @@ class Pool(torch.nn.Module):
 
 
 def onnx_session(module, inputs, path):
-    dims = [{0: torch.export.Dim("batch", min=1)} for _ in inputs]
+    dims = [{0: torch.export.Dim.DYNAMIC} for _ in inputs]
     program = torch.onnx.export(
         module,
         tuple(inputs),
@@ -78,10 +75,10 @@ OP_CASES = [
     (dict(triu=True), 7, None, (3, 3), True),
     (dict(), 5, 3, (2, 4), False),
     (dict(normalize=False), 3, 4, 6, True),
+    (dict(center=True), 6, None, (3, 5), False),
+    (dict(center=True, triu=True), 5, None, (4, 2), True),
+    (dict(center=True, signed_sqrt=False), 4, 3, (3, 3), False),
 ]
-if HAS_CENTER:
-    OP_CASES.append((dict(center=True), 6, None, (3, 5), False))
-    OP_CASES.append((dict(center=True, triu=True), 5, None, (4, 2), True))
 
 
 def features(num, channels, spatial, mixed):

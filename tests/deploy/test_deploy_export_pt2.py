@@ -13,12 +13,6 @@ from torch.export.passes import move_to_device_pass
 
 from bcnn_triton.deploy import PT2_METADATA_FILE, export_pt2, exported_program, load_trained_model
 
-# main's operator schema with ``center`` is the one that resolves backend "auto" inside.
-HAS_AUTO_BACKEND = any(
-    argument.name == "center"
-    for argument in torch.ops.bcnn_triton.bilinear_pool.default._schema.arguments
-)
-
 
 def pool_calls(program):
     target = torch.ops.bcnn_triton.bilinear_pool.default
@@ -82,11 +76,6 @@ def test_program_has_a_dynamic_batch_and_one_pool_call(tmp_path):
     assert len(pool_calls(program)) == 1
 
 
-@pytest.mark.xfail(
-    not HAS_AUTO_BACKEND,
-    reason="the operator resolves its backend inside only once main's backend 'auto' lands",
-    strict=True,
-)
 def test_the_graph_does_not_hard_wire_the_exporting_machines_backend(tmp_path):
     program = exported_program(load_trained_model(write_checkpoint(tmp_path)))
     [call] = pool_calls(program)
