@@ -7,6 +7,7 @@ Each model call takes a batch of ``BATCH`` preprocessed images (N, 3, 224, 224) 
 the top-5 classes with their probabilities, as ``bcnn-triton predict`` computes them:
 
 - ``eager``: ``Predictor.probabilities`` (the model under ``torch.inference_mode``) + top-k;
+- ``eager_channels_last``: the same with ``Predictor(channels_last=True)``;
 - ``compile``: the same with ``torch.compile(model)`` (compiled during the warm-up round);
 - ``onnxruntime``: the file of ``bcnn-triton export --format onnx`` in onnxruntime's CPU
   provider, softmax and top-k in NumPy.
@@ -18,6 +19,8 @@ classes (CUB's count; the classifier has 512² × 200 weights for resnet18).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -46,16 +49,15 @@ def images():
     return torch.randn(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
 
 
-def eager_call(trained):
-    predictor = Predictor(trained, top_k=TOP_K)
+def eager_call(trained, channels_last=False):
+    if channels_last:  # converts the weights in place: leave the shared model as it is
+        trained = dataclasses.replace(trained, model=copy.deepcopy(trained.model))
+    predictor = Predictor(trained, top_k=TOP_K, channels_last=channels_last)
     return lambda batch: predictor.probabilities(batch).topk(TOP_K, dim=1)
 
 
 def compile_call(trained):
-    compiled = TrainedModel(
-        torch.compile(trained.model), trained.classes, trained.preprocessing, trained.source, {}
-    )
-    return eager_call(compiled)
+    return eager_call(dataclasses.replace(trained, model=torch.compile(trained.model)))
 
 
 def onnxruntime_call(trained, tmp_path_factory):
@@ -87,14 +89,16 @@ def describe(benchmark, trained, runtime, images_per_call):
     )
 
 
-@pytest.mark.parametrize("runtime", ["eager", "compile", "onnxruntime"])
+@pytest.mark.parametrize("runtime", ["eager", "eager_channels_last", "compile", "onnxruntime"])
 def test_predict_batch(benchmark, trained, images, runtime, tmp_path_factory):
     if runtime == "onnxruntime":
         call = onnxruntime_call(trained, tmp_path_factory)
+    elif runtime == "compile":
+        call = compile_call(trained)
     else:
-        call = eager_call(trained) if runtime == "eager" else compile_call(trained)
+        call = eager_call(trained, channels_last=runtime == "eager_channels_last")
     describe(benchmark, trained, runtime, BATCH)
-    benchmark.pedantic(call, args=(images,), rounds=5, warmup_rounds=1)
+    benchmark.pedantic(call, args=(images,), rounds=10, warmup_rounds=1)
 
 
 def test_predict_end_to_end(benchmark, trained, tmp_path_factory):
@@ -105,4 +109,4 @@ def test_predict_end_to_end(benchmark, trained, tmp_path_factory):
         Image.fromarray(pixels).save(folder / f"{index:02d}.jpg", quality=90)
     predictor = Predictor(trained, batch_size=BATCH, top_k=TOP_K)
     describe(benchmark, trained, "end_to_end", PHOTOS)
-    benchmark.pedantic(predictor.predict, args=([folder],), rounds=3, warmup_rounds=1)
+    benchmark.pedantic(predictor.predict, args=([folder],), rounds=5, warmup_rounds=1)

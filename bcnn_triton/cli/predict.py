@@ -59,6 +59,9 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--amp", choices=tuple(AMP_DTYPES), default="off")
     parser.add_argument(
+        "--channels-last", action="store_true", help="channels_last images (faster convolutions)"
+    )
+    parser.add_argument(
         "--image-size", type=positive_int, help="input size (default: from the checkpoint)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -103,6 +106,7 @@ def run_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         amp=args.amp,
+        channels_last=args.channels_last,
         top_k=args.top_k,
         image_size=args.image_size,
         progress=not args.no_progress,

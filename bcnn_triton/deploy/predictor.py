@@ -115,6 +115,8 @@ class Predictor:
         batch_size: images per forward pass.
         workers: DataLoader processes decoding and resizing images (0: in this process).
         amp: ``"off"``, ``"bf16"`` or ``"fp16"``: autocast for the forward pass.
+        channels_last: run the model on ``channels_last`` images (converts the model's weights
+            in place); often faster for convolutions on CPUs and on recent GPUs.
         top_k: how many classes to report per image (at most the number of classes).
         image_size: evaluate at another size than the training one.
         progress: show a progress bar (on a terminal, once a run has taken a second).
@@ -134,6 +136,7 @@ class Predictor:
         batch_size: int = 32,
         workers: int = 0,
         amp: str = "off",
+        channels_last: bool = False,
         top_k: int = 5,
         image_size: int | None = None,
         progress: bool = False,
@@ -150,6 +153,9 @@ class Predictor:
         else:
             self.trained = load_trained_model(model, device=device, image_size=image_size)
         self.top_k = self._checked_top_k(top_k)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.trained.model.to(memory_format=torch.channels_last)
         self.batch_size = batch_size
         self.workers = workers
         self.amp = amp
@@ -172,7 +178,8 @@ class Predictor:
             torch.inference_mode(),
             torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
         ):
-            logits = self.trained.model(images.to(device, non_blocking=True))
+            images = images.to(device, memory_format=self.memory_format, non_blocking=True)
+            logits = self.trained.model(images)
         return torch.softmax(logits.float(), dim=1)
 
     def predict_images(

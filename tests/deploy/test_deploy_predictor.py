@@ -128,6 +128,17 @@ def test_bfloat16_autocast_keeps_the_ranking_close(checkpoint, photos):
             assert by_class_b[index] == pytest.approx(probability, abs=0.03)
 
 
+def test_channels_last_gives_the_same_predictions(checkpoint, photos):
+    plain = Predictor(checkpoint, device="cpu").predict(photos).predictions
+    predictor = Predictor(checkpoint, device="cpu", channels_last=True)
+    assert predictor.trained.model.fc.weight.is_contiguous()
+    conv = predictor.trained.model.features[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    for a, b in zip(plain, predictor.predict(photos).predictions, strict=True):
+        assert a.indices == b.indices
+        torch.testing.assert_close(a.probabilities, b.probabilities, atol=1e-5, rtol=0)
+
+
 def test_a_loaded_model_can_be_passed_in(checkpoint, photos):
     trained = load_trained_model(checkpoint)
     assert Predictor(trained).predict(photos[:1]).predictions[0].path == str(photos[0])
