@@ -140,8 +140,12 @@ def export_onnx(trained: TrainedModel, path: str | Path) -> Path:
     )
     weight_bytes = sum(p.numel() * p.element_size() for p in trained.model.parameters())
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx_program.save(path, external_data=weight_bytes > _EXTERNAL_DATA_BYTES)
+    if weight_bytes > _EXTERNAL_DATA_BYTES:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx_program.save(path, external_data=True)  # the weights in a file beside it
+    else:
+        serialized = onnx_program.model_proto.SerializeToString()
+        atomic_write(path, lambda handle: handle.write(serialized))
     return path
 
 

@@ -125,7 +125,7 @@ class Predictor:
         >>> predictor = Predictor("runs/demo/bilinear/fc/best.pt", top_k=2)
         >>> result = predictor.predict(["demo-images"])
         >>> result.predictions[0].classes
-        ['pairing+0', 'pairing+2']
+        ['pairing+0', 'pairing+1']
     """
 
     def __init__(
@@ -186,8 +186,11 @@ class Predictor:
         self, images: Sequence[Image.Image], *, top_k: int | None = None
     ) -> list[Prediction]:
         """Top-k predictions for PIL images already in memory (their ``path`` is ``""``)."""
+        k = self._resolved_top_k(top_k)
+        if not images:
+            return []
         batch = torch.stack([self.trained.transform(image) for image in images])
-        return self._top_k(self.probabilities(batch), [""] * len(images), top_k)
+        return self._top_k(self.probabilities(batch), [""] * len(images), k)
 
     def predict(
         self, inputs: Iterable[str | Path] | str | Path, *, top_k: int | None = None
@@ -197,6 +200,7 @@ class Predictor:
         Unreadable files do not stop the run: they are returned in ``unreadable`` with the
         reason, and every other image gets its prediction.
         """
+        k = self._resolved_top_k(top_k)
         paths = collect_images(inputs)
         # The label slot of each record carries the image's position in ``paths``.
         records = [ImageRecord(str(path), position) for position, path in enumerate(paths)]
@@ -216,14 +220,14 @@ class Predictor:
                 unreadable.extend(batch.unreadable)
                 if len(batch.labels):
                     names = [str(paths[position]) for position in batch.labels.tolist()]
-                    predictions.extend(self._top_k(self.probabilities(batch.images), names, top_k))
+                    predictions.extend(self._top_k(self.probabilities(batch.images), names, k))
                 bar.update(len(batch.labels) + len(batch.unreadable))
         return PredictionResult(predictions, unreadable)
 
-    def _top_k(
-        self, probabilities: torch.Tensor, paths: Sequence[str], top_k: int | None
-    ) -> list[Prediction]:
-        k = self.top_k if top_k is None else self._checked_top_k(top_k)
+    def _resolved_top_k(self, top_k: int | None) -> int:
+        return self.top_k if top_k is None else self._checked_top_k(top_k)
+
+    def _top_k(self, probabilities: torch.Tensor, paths: Sequence[str], k: int) -> list[Prediction]:
         values, indices = probabilities.topk(k, dim=1)
         return [
             Prediction(

@@ -88,6 +88,9 @@ def test_top_k_is_clipped_to_the_number_of_classes_and_can_change_per_call(check
     assert sum(full.probabilities) == pytest.approx(1.0, abs=1e-5)
     [one] = predictor.predict(photos[0], top_k=1).predictions
     assert one.classes == full.classes[:1]
+    with pytest.raises(UserInputError, match="top_k must be an integer >= 1; got 0"):
+        predictor.predict(photos[0], top_k=0)
+    assert predictor.predict_images([]) == []
 
 
 def test_unreadable_files_are_reported_and_skipped(tmp_path, checkpoint, photos):
