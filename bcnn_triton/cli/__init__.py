@@ -1,4 +1,4 @@
-"""The bcnn-triton command line: ``train``, ``eval`` and ``bench``.
+"""The bcnn-triton command line: ``train``, ``eval``, ``bench``, ``predict`` and ``export``.
 
 Errors in what the user gave (missing folders, corrupt files, incompatible checkpoints...) end
 as one line ``error: ...`` on stderr and exit status 2; a diverged run exits with status 1.
@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from bcnn_triton import __version__
 from bcnn_triton.cli.bench import add_bench_parser
 from bcnn_triton.cli.evaluate import add_eval_parser
+from bcnn_triton.cli.export import add_export_parser
+from bcnn_triton.cli.predict import add_predict_parser
 from bcnn_triton.cli.train import add_train_parser
 from bcnn_triton.errors import UserInputError
 from bcnn_triton.train import TrainingError
@@ -22,16 +24,19 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``bcnn-triton`` argument parser with its three subcommands."""
+    """The ``bcnn-triton`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
         prog="bcnn-triton",
-        description="Bilinear CNNs for fine-grained recognition: train, evaluate, benchmark.",
+        description="Bilinear CNNs for fine-grained recognition: train, evaluate, benchmark, "
+        "predict, export.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
     add_bench_parser(subparsers)
+    add_predict_parser(subparsers)
+    add_export_parser(subparsers)
     return parser
 
 

@@ -19,7 +19,13 @@ from bcnn_triton.data.images import (
     split_unreadable,
 )
 from bcnn_triton.data.synthetic import SyntheticSecondOrder
-from bcnn_triton.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
+from bcnn_triton.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvalTransform,
+    Preprocessing,
+    TrainTransform,
+)
 
 __all__ = [
     "DATASETS",
@@ -31,6 +37,7 @@ __all__ = [
     "ImageBatch",
     "ImageRecord",
     "ImageRecordDataset",
+    "Preprocessing",
     "SyntheticSecondOrder",
     "TrainTransform",
     "UnreadableImage",

@@ -16,7 +16,7 @@ from bcnn_triton.data.images import ImageRecord, ImageRecordDataset
 from bcnn_triton.data.seeding import generator_for
 from bcnn_triton.data.synthetic import SyntheticSecondOrder
 from bcnn_triton.data.torchvision_sets import TORCHVISION_DATASETS, load_torchvision_records
-from bcnn_triton.data.transforms import EvalTransform, TrainTransform
+from bcnn_triton.data.transforms import Preprocessing, TrainTransform
 from bcnn_triton.errors import UserInputError
 
 __all__ = [
@@ -56,6 +56,16 @@ class DataConfig:
     synthetic_train_size: int = 2048
     synthetic_test_size: int = 1024
     synthetic_options: dict = field(default_factory=dict)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How evaluation images are prepared: resize, centre crop, ImageNet mean/std.
+
+        Synthetic images are generated at ``image_size`` with the same normalization, which is
+        what this preprocessing gives for an image file of that size (resize and crop are
+        then no-ops).
+        """
+        return Preprocessing(self.image_size)
 
 
 @dataclass
@@ -192,7 +202,7 @@ def build_datasets(config: DataConfig) -> DataSplits:
             f"({len(pool)} training images over {len(classes)} classes)"
         )
     train_transform = TrainTransform(config.image_size)
-    eval_transform = EvalTransform(config.image_size)
+    eval_transform = config.preprocessing.eval_transform()
     return DataSplits(
         train=ImageRecordDataset(
             [pool[i] for i in train_positions], classes, train_transform, seed=config.seed

@@ -23,9 +23,11 @@ process, worker and epoch.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+from torchvision.utils import save_image
 
 from bcnn_triton.data.seeding import generator_for
 from bcnn_triton.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -176,3 +178,25 @@ class SyntheticSecondOrder(Dataset):
         if self.normalize:
             image = (image - self._mean) / self._std
         return image, label
+
+    def save_images(self, folder: str | Path) -> list[Path]:
+        """Write every sample as a PNG file ``<index>-<class name>.png`` in ``folder``.
+
+        Gives image files to try a trained model on (``bcnn-triton predict``); each name says
+        the true class. Pixels are rounded to 8 bits, as in any PNG.
+
+        Example:
+            >>> paths = SyntheticSecondOrder(2, image_size=16).save_images("demo-images")
+            >>> [path.name for path in paths]
+            ['0000-pairing+0.png', '0001-pairing+1.png']
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        digits = max(4, len(str(self.size - 1)))
+        paths = []
+        for index in range(self.size):
+            image, label = self.generate(index)
+            path = folder / f"{index:0{digits}d}-{self.classes[label]}.png"
+            save_image(image, path)
+            paths.append(path)
+        return paths

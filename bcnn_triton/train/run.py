@@ -167,6 +167,7 @@ def run_training(config: TrainConfig, context: DistributedContext) -> list[Stage
     }
     metadata = {
         "classes": data.classes,
+        "preprocessing": config.data.preprocessing.as_dict(),
         "data_config": asdict(config.data),
         "world_size": context.world_size,
     }

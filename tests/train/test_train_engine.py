@@ -91,6 +91,21 @@ def test_output_files(tiny_config, cpu):
     ]
 
 
+def test_checkpoints_describe_classes_and_preprocessing(tiny_config, cpu):
+    [result] = run_training(tiny_config(), cpu)
+    for name in ("best.pt", "checkpoint-0002.pt"):
+        state = load_checkpoint(result.directory / name)
+        assert state["classes"] == ["pairing+0", "pairing+1", "pairing+2", "pairing+3"]
+        assert state["preprocessing"] == {
+            "image_size": 32,
+            "resize": "shorter_side",
+            "crop": "center",
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        }
+        assert state["model_config"]["backbone"] == "tiny"
+
+
 def test_bf16_autocast_and_channels_last(tiny_config, cpu):
     [result] = run_training(tiny_config(amp="bf16", channels_last=True, epochs={"fc": 1}), cpu)
     assert result.test.count == 16
