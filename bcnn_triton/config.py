@@ -13,9 +13,12 @@ import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bcnn_triton.errors import UserInputError
+
+if TYPE_CHECKING:
+    from bcnn_triton.data.transforms import Preprocessing
 
 __all__ = [
     "AMP_MODES",
@@ -116,6 +119,19 @@ class DataConfig:
     synthetic_train_size: int = 2048
     synthetic_test_size: int = 1024
     synthetic_options: dict = field(default_factory=dict)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How evaluation images are prepared: resize, centre crop, ImageNet mean/std.
+
+        Synthetic images are generated at ``image_size`` with the same normalization, which is
+        what this preprocessing gives for an image file of that size (resize and crop are
+        then no-ops).
+        """
+        # Imported on use: this module must import without torch (the parser is built from it).
+        from bcnn_triton.data.transforms import Preprocessing
+
+        return Preprocessing(self.image_size)
 
 
 def _default_workers() -> int:
