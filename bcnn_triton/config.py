@@ -26,6 +26,7 @@ __all__ = [
     "BACKBONE_SPECS",
     "DATASETS",
     "DEMO",
+    "EXPORT_FORMATS",
     "HEADS",
     "HEAD_SPECS",
     "MIN_IMAGE_SIZE",
@@ -83,6 +84,8 @@ HEADS: tuple[str, ...] = tuple(HEAD_SPECS)
 DATASETS: tuple[str, ...] = ("synthetic", "cub", "folder", "aircraft", "cars", "flowers")
 #: ``--amp`` choices: full precision, or autocast to bfloat16 / float16 (with a GradScaler).
 AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16")
+#: ``bcnn-triton export`` formats → file extension.
+EXPORT_FORMATS: dict[str, str] = {"onnx": ".onnx", "pt2": ".pt2"}
 #: Stages of the B-CNN recipe: "fc" trains the head on a frozen backbone, "all" fine-tunes all.
 STAGES: tuple[str, ...] = ("fc", "all")
 #: "never": refuse an ``out`` that already holds checkpoints; "required": continue from them
