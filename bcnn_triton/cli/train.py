@@ -160,12 +160,16 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="skip unreadable images with a warning (default: stop with an error naming them)",
     )
+
+
+def _add_synthetic_flags(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("synthetic data (--data synthetic)")
     data.add_argument(
         "--num-classes",
         dest="synthetic_classes",
         type=positive_int,
         metavar="K",
-        help="synthetic data: number of classes (also of colours and of orientations; >= 2) "
+        help="number of classes (also of colours and of orientations; >= 2) "
         f"({_defaults('synthetic_classes')})",
     )
     data.add_argument(
@@ -173,15 +177,14 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
         dest="synthetic_train_size",
         type=positive_int,
         metavar="N",
-        help="synthetic data: training images, validation included "
-        f"({_defaults('synthetic_train_size')})",
+        help=f"training images, validation included ({_defaults('synthetic_train_size')})",
     )
     data.add_argument(
         "--test-size",
         dest="synthetic_test_size",
         type=positive_int,
         metavar="N",
-        help=f"synthetic data: test images ({_defaults('synthetic_test_size')})",
+        help=f"test images ({_defaults('synthetic_test_size')})",
     )
 
 
@@ -325,6 +328,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     for add_flags in (
         _add_data_flags,
+        _add_synthetic_flags,
         _add_model_flags,
         _add_recipe_flags,
         _add_runtime_flags,

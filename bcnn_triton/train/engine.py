@@ -185,21 +185,24 @@ def evaluate(
             sums[1] += (top5 == labels[:, None]).any(dim=1).sum().double()
     model.train(was_training)
     totals = all_reduce_sum(torch.cat([confusion, sums]), context).cpu()
-    confusion_matrix = (
-        totals[: num_classes * num_classes].round().long().view(num_classes, num_classes)
-    )
-    count = int(confusion_matrix.sum())
-    loss_sum, top5_hits, skipped_total = totals[num_classes * num_classes :].tolist()
+    return _eval_result(totals, num_classes, description)
+
+
+def _eval_result(totals: torch.Tensor, num_classes: int, description: str) -> EvalResult:
+    """EvalResult from the summed (confusion counts, loss sum, top-5 hits, skipped) vector."""
+    confusion = totals[: num_classes * num_classes].round().long().view(num_classes, num_classes)
+    count = int(confusion.sum())
+    loss_sum, top5_hits, skipped = totals[num_classes * num_classes :].tolist()
     if count == 0:
-        what = "all images are unreadable" if skipped_total else "the split is empty"
+        what = "all images are unreadable" if skipped else "the split is empty"
         raise UserInputError(f"{description}: no images to evaluate ({what})")
     return EvalResult(
         count=count,
         loss=loss_sum / count,
-        top1=float(confusion_matrix.diag().sum()) / count,
+        top1=float(confusion.diag().sum()) / count,
         top5=top5_hits / count if num_classes > 5 else None,
-        confusion=confusion_matrix,
-        skipped=int(skipped_total),
+        confusion=confusion,
+        skipped=int(skipped),
     )
 
 
