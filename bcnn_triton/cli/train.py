@@ -386,7 +386,9 @@ def _data_config(args: argparse.Namespace, options: dict[str, Any], synthetic: b
     return DataConfig(dataset=dataset, root=root, **data_options)
 
 
-def _resume_mode(args: argparse.Namespace, out: Path, heads: tuple[str, ...], stages) -> str:
+def _resume_mode(
+    args: argparse.Namespace, out: Path, heads: tuple[str, ...], stages: tuple[str, ...]
+) -> str:
     if args.auto_resume:
         return "auto"
     if not args.resume_required:
@@ -417,7 +419,7 @@ def build_train_configs(args: argparse.Namespace, world_size: int = 1) -> list[T
         raise UserInputError(
             "under torchrun, pass --out: every process (and every restart) must use one folder"
         )
-    if synthetic and options.get("synthetic_classes", 2) < 2:
+    if synthetic and options.get("synthetic_classes", default_of("synthetic_classes")) < 2:
         raise UserInputError("--num-classes must be at least 2 for the synthetic dataset")
     heads = options.pop("heads", default_of("heads"))
     out = options.pop("out", None) or _default_out()

@@ -86,7 +86,8 @@ def test_skip_bad_images_finishes_the_run(tmp_path, capsys, tiny_train_args):
 def test_bad_flags(args, message, capsys):
     stderr = fails(["train", *args], capsys)
     assert message in stderr
-    assert stderr.rstrip().endswith("(see: bcnn-triton train --help)") or "argument" not in stderr
+    if message.startswith("argument"):  # argparse's own errors, in one line, point to --help
+        assert stderr.rstrip().endswith("(see: bcnn-triton train --help)")
 
 
 @pytest.mark.parametrize(
