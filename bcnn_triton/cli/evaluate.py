@@ -57,22 +57,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_eval)
 
 
-def _best_of_run(folder: Path) -> Path | None:
-    from bcnn_triton.train import BEST_NAME
-
-    for candidate in (folder / "all" / BEST_NAME, folder / "fc" / BEST_NAME, folder / BEST_NAME):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def _checkpoints(path: Path, head: str | None) -> dict[str | None, Path]:
     """The checkpoints ``path`` names, by head folder (None for a file or a one-head run)."""
+    from bcnn_triton.deploy import best_checkpoint_in
+
     if not path.is_dir():
         if head is not None:
             raise UserInputError(f"--head picks a head in a run folder; {path} is not a folder")
         return {None: path}
-    best = _best_of_run(path)
+    best = best_checkpoint_in(path)
     if best is not None:
         if head is not None:
             raise UserInputError(
@@ -80,9 +73,9 @@ def _checkpoints(path: Path, head: str | None) -> dict[str | None, Path]:
             )
         return {None: best}
     found = {
-        folder.name: _best_of_run(folder)
+        folder.name: best_checkpoint_in(folder)
         for folder in sorted(path.iterdir())
-        if folder.is_dir() and _best_of_run(folder) is not None
+        if folder.is_dir() and best_checkpoint_in(folder) is not None
     }
     if not found:
         raise UserInputError(
