@@ -1,7 +1,13 @@
 """The bcnn-triton command line: ``train``, ``eval``, ``bench``, ``predict`` and ``export``.
 
-Errors in what the user gave (missing folders, corrupt files, incompatible checkpoints...) end
-as one line ``error: ...`` on stderr and exit status 2; a diverged run exits with status 1.
+Errors in what the user gave (flags, missing folders, corrupt files, incompatible
+checkpoints...) end as one line ``error: ...`` on stderr and exit status 2; a diverged run exits
+with status 1; Ctrl-C exits with status 130 and says how to continue the run.
+
+The parser is built without importing torch (the names it offers come from
+``bcnn_triton.config``), so ``--help`` and argument errors answer at once; each command's
+handler imports what it needs. A command is a module with ``add_parser(subparsers)`` that sets
+a ``handler``, listed in ``_COMMANDS``.
 """
 
 from __future__ import annotations
@@ -10,33 +16,36 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from bcnn_triton import __version__
-from bcnn_triton.cli.bench import add_bench_parser
-from bcnn_triton.cli.evaluate import add_eval_parser
-from bcnn_triton.cli.export import add_export_parser
-from bcnn_triton.cli.predict import add_predict_parser
-from bcnn_triton.cli.train import add_train_parser
-from bcnn_triton.errors import UserInputError
-from bcnn_triton.train import TrainingError
+from bcnn_triton.cli import bench, evaluate, export, predict, train
+from bcnn_triton.cli.common import InterruptedRunError
+from bcnn_triton.errors import TrainingError, UserInputError
 
 __all__ = ["build_parser", "main"]
+
+_COMMANDS = (train, evaluate, bench, predict, export)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line, like every other error of the command line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``bcnn-triton`` argument parser with its subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bcnn-triton",
         description="Bilinear CNNs for fine-grained recognition: train, evaluate, benchmark, "
         "predict, export.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_train_parser(subparsers)
-    add_eval_parser(subparsers)
-    add_bench_parser(subparsers)
-    add_predict_parser(subparsers)
-    add_export_parser(subparsers)
+    for command in _COMMANDS:
+        command.add_parser(subparsers)
     return parser
 
 
@@ -47,15 +56,20 @@ def _rank_prefix() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 failed run, 2 bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.handler(args)
     except UserInputError as error:
-        print(f"{_rank_prefix()}error: {error}", file=sys.stderr)
+        print(f"{_rank_prefix()}error: {error.command_line}", file=sys.stderr)
         return 2
     except TrainingError as error:
         print(f"{_rank_prefix()}error: {error}", file=sys.stderr)
         return 1
+    except InterruptedRunError as interrupted:
+        print(f"{_rank_prefix()}interrupted: {interrupted}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"{_rank_prefix()}interrupted", file=sys.stderr)
         return 130

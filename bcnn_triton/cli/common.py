@@ -1,21 +1,32 @@
-"""What the subcommands share: argument types, logging through tqdm, error reporting."""
+"""What the subcommands share: argument types, logging through tqdm, the interrupt report.
+
+Nothing here imports torch (the parser is built from it).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 from tqdm.auto import tqdm
 
 __all__ = [
+    "InterruptedRunError",
     "TqdmLoggingHandler",
     "configure_logging",
+    "integer",
+    "non_negative_float",
     "non_negative_int",
     "positive_float",
     "positive_int",
     "unit_fraction",
 ]
+
+
+class InterruptedRunError(Exception):
+    """Ctrl-C during a run; the message says how to continue it (exit status 130)."""
 
 
 class TqdmLoggingHandler(logging.Handler):
@@ -41,11 +52,16 @@ def configure_logging(rank: int = 0, distributed: bool = False) -> None:
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 
-def _int_at_least(text: str, minimum: int) -> int:
+def integer(text: str) -> int:
+    """argparse type: any integer (bounds that depend on other flags are checked later)."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _int_at_least(text: str, minimum: int) -> int:
+    value = integer(text)
     if value < minimum:
         raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
@@ -61,12 +77,19 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
-def unit_fraction(text: str) -> float:
-    """argparse type: a number strictly between 0 and 1."""
+def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def unit_fraction(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    value = _number(text)
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
     return value
@@ -74,10 +97,15 @@ def unit_fraction(text: str) -> float:
 
 def positive_float(text: str) -> float:
     """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _number(text)
     if not value > 0.0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a number >= 0."""
+    value = _number(text)
+    if value < 0.0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value

@@ -7,16 +7,10 @@ import sys
 from pathlib import Path
 
 from bcnn_triton.cli.common import configure_logging, positive_int
-from bcnn_triton.deploy import (
-    EXPORT_FORMATS,
-    ExportError,
-    compare_onnx_logits,
-    export_model,
-    find_checkpoint,
-    load_trained_model,
-)
+from bcnn_triton.config import EXPORT_FORMATS
+from bcnn_triton.errors import UserInputError
 
-__all__ = ["add_export_parser", "run_export"]
+__all__ = ["add_parser", "run_export"]
 
 EPILOG = """\
 examples:
@@ -29,7 +23,7 @@ they record the class names and the preprocessing (ONNX: metadata 'classes' and
 bcnn-triton; loading the pt2 file with torch.export.load needs 'import bcnn_triton' first."""
 
 
-def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``export`` and its flags."""
     parser = subparsers.add_parser(
         "export",
@@ -62,7 +56,7 @@ def _format_and_path(args: argparse.Namespace, checkpoint: Path) -> tuple[str, P
     by_suffix = {suffix: name for name, suffix in EXPORT_FORMATS.items()}
     out_format = None if args.out is None else by_suffix.get(args.out.suffix.lower())
     if args.format is not None and out_format is not None and args.format != out_format:
-        raise ExportError(
+        raise UserInputError(
             f"--format {args.format} does not match the extension of --out {args.out}"
         )
     chosen = args.format or out_format or "onnx"
@@ -71,6 +65,13 @@ def _format_and_path(args: argparse.Namespace, checkpoint: Path) -> tuple[str, P
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``bcnn-triton export``."""
+    from bcnn_triton.deploy import (
+        compare_onnx_logits,
+        export_model,
+        find_checkpoint,
+        load_trained_model,
+    )
+
     configure_logging()
     checkpoint = find_checkpoint(args.checkpoint)
     chosen, out = _format_and_path(args, checkpoint)

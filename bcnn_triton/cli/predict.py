@@ -7,12 +7,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bcnn_triton.cli.common import configure_logging, non_negative_int, positive_int
-from bcnn_triton.deploy import Prediction, Predictor, output_format, write_predictions
-from bcnn_triton.train import AMP_DTYPES
+from bcnn_triton.config import AMP_MODES
 
-__all__ = ["add_predict_parser", "format_table", "run_predict"]
+if TYPE_CHECKING:
+    from bcnn_triton.deploy import Prediction
+
+__all__ = ["add_parser", "format_table", "run_predict"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +29,7 @@ exit status: 0 all images predicted, 1 some images could not be read (the others
 predicted and written), 2 bad input (checkpoint, paths, flags)."""
 
 
-def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``predict`` and its flags."""
     parser = subparsers.add_parser(
         "predict",
@@ -57,7 +60,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers", type=non_negative_int, default=0, help="processes decoding images (0)"
     )
-    parser.add_argument("--amp", choices=tuple(AMP_DTYPES), default="off")
+    parser.add_argument("--amp", choices=AMP_MODES, default="off")
     parser.add_argument(
         "--channels-last", action="store_true", help="channels_last images (faster convolutions)"
     )
@@ -97,6 +100,8 @@ def format_table(predictions: Sequence[Prediction]) -> str:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Handler of ``bcnn-triton predict``."""
+    from bcnn_triton.deploy import Predictor, output_format, write_predictions
+
     configure_logging()
     if args.output is not None:
         output_format(args.output)  # a bad extension fails before any work

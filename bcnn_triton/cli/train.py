@@ -1,73 +1,64 @@
-"""``bcnn-triton train``: the two-step B-CNN recipe, and the synthetic bilinear-vs-GAP demo."""
+"""``bcnn-triton train``: the two-step B-CNN recipe, and the synthetic bilinear-vs-GAP demo.
+
+Defaults are not written here: flags left out take the recipe's value (the defaults of
+``TrainConfig`` and ``DataConfig``), or the demo's (``DEMO``) on synthetic data, and the help
+texts show those values. A flag whose ``dest`` is the name of a config field is passed through
+as it is; the few others (``--data``, ``--head``, ``--stage``...) are translated below.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
+import shlex
+import textwrap
 import time
+from dataclasses import fields
 from pathlib import Path
-
-from tqdm.auto import tqdm
+from typing import Any
 
 from bcnn_triton.cli.common import (
+    InterruptedRunError,
     configure_logging,
+    integer,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
     unit_fraction,
 )
-from bcnn_triton.data import DATASETS, DataConfig, detect_dataset
-from bcnn_triton.errors import UserInputError
-from bcnn_triton.models import BACKBONES
-from bcnn_triton.train import (
-    AMP_DTYPES,
-    STAGE_DEFAULTS,
-    StageResult,
+from bcnn_triton.config import (
+    AMP_MODES,
+    BACKBONES,
+    DATASETS,
+    DEMO,
+    HEAD_SPECS,
+    HEADS,
+    STAGES,
+    DataConfig,
     TrainConfig,
-    init_distributed,
-    run_training,
-    shutdown_distributed,
+    default_of,
+    min_image_size,
 )
+from bcnn_triton.errors import UserInputError
 
-__all__ = ["add_train_parser", "run_train"]
+__all__ = ["add_parser", "build_train_configs", "run_train"]
 
-# The synthetic demo (no arguments), sized to finish in about two minutes on 2 CPU cores. The
-# backbone stays frozen at its random init, so the two heads see the very same features; lr 3
-# instead of the recipe's 1.0 because random features give a descriptor whose class-dependent
-# part is small, which lr 1.0 does not learn within the demo's 20 epochs.
-DEMO = {
-    "backbone": "tiny",
-    "image_size": 64,
-    "heads": ("bilinear", "gap"),
-    "stage": "fc",
-    "epochs": {"fc": 20, "all": 8},
-    "lr": {"fc": 3.0, "all": STAGE_DEFAULTS["all"]["lr"]},
-    "batch_size": 32,
-    "workers": 0,
-}
-# Real data: the published recipe (HaoMood/bilinear-cnn: 55 + 25 epochs, batch 64, 448 px).
-RECIPE = {
-    "backbone": "vgg16",
-    "image_size": 448,
-    "heads": ("bilinear",),
-    "stage": "both",
-    "epochs": {"fc": 55, "all": 25},
-    "lr": {stage: values["lr"] for stage, values in STAGE_DEFAULTS.items()},
-    "batch_size": 64,
-    "workers": min(8, os.cpu_count() or 1),
-}
-
-DESCRIPTION = """\
-Train a B-CNN with the two-step recipe: stage "fc" trains the classifier on a frozen backbone
-(SGD, momentum 0.9, lr 1.0, weight decay 1e-8), stage "all" fine-tunes everything from the fc
-stage's best weights (lr 1e-2, weight decay 1e-5). ReduceLROnPlateau on validation accuracy;
-the validation split is held out of the training images (--val-fraction, seeded); the test split
-is evaluated once per stage, with the weights of the best validation epoch.
-
-With no arguments: a demo on built-in synthetic images whose classes differ only in which
-colour goes with which orientation (matched first-order statistics). It trains the tiny
-backbone with a bilinear head, then with a global-average-pooling head, and prints both test
-accuracies (about two minutes on 2 CPU cores)."""
+_LR, _WD = default_of("lr"), default_of("weight_decay")
+DESCRIPTION = "\n\n".join(
+    textwrap.fill(" ".join(paragraph.split()), 96)
+    for paragraph in (
+        f"""Train a B-CNN with the two-step recipe: stage "fc" trains the classifier on a frozen
+        backbone (SGD, momentum {default_of("momentum"):g}, lr {_LR["fc"]:g}, weight decay
+        {_WD["fc"]:g}), stage "all" fine-tunes everything from the fc stage's best weights (lr
+        {_LR["all"]:g}, weight decay {_WD["all"]:g}). ReduceLROnPlateau on validation accuracy;
+        the validation split is held out of the training images (--val-fraction, seeded); the
+        test split is evaluated once per stage, with the weights of the best validation epoch.""",
+        """With no arguments: a demo on built-in synthetic images whose classes differ only in
+        which colour goes with which orientation (matched first-order statistics). It trains
+        the tiny backbone with a bilinear head, then with a global-average-pooling head, and
+        prints both test accuracies (about a minute on 2 CPU cores).""",
+    )
+)
 
 EPILOG = """\
 examples:
@@ -84,27 +75,49 @@ examples:
       --auto-resume                                     # restarted workers continue
 
 --out holds, per stage: checkpoint-NNNN.pt (the last two epochs), best.pt (best validation
-epoch), metrics.json, metrics.csv and curves.png. With --head both: --out/bilinear, --out/gap."""
+epoch), metrics.json, metrics.csv and curves.png. With several heads: --out/<head>/..."""
+
+_DATA_FIELDS = frozenset(item.name for item in fields(DataConfig))
+_TRAIN_FIELDS = frozenset(item.name for item in fields(TrainConfig))
+_PER_STAGE = {"epochs": "--epochs", "lr": "--lr", "weight_decay": "--weight-decay"}
 
 
-def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``train`` and its flags."""
-    parser = subparsers.add_parser(
-        "train",
-        help="train a B-CNN (no arguments: the synthetic bilinear-vs-GAP demo)",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{value[stage]:g}" for stage in STAGES)
+    if isinstance(value, tuple):
+        return "both" if value == STAGES else " ".join(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _defaults(name: str) -> str:
+    """ "default: <recipe>; demo: <demo>" for a config field (the demo part where it differs)."""
+    recipe = default_of(name)
+    text = f"default: {_show(recipe)}"
+    if name in DEMO and DEMO[name] != recipe:
+        text += f"; demo: {_show(DEMO[name])}"
+    return text
+
+
+def _minimum_sizes() -> str:
+    by_size: dict[int, list[str]] = {}
+    for backbone in BACKBONES:
+        by_size.setdefault(min_image_size(backbone), []).append(backbone)
+    return "; ".join(f"{size} for {', '.join(names)}" for size, names in sorted(by_size.items()))
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data",
+        dest="data_path",
         default="synthetic",
         metavar="PATH|synthetic",
         help="dataset folder, or 'synthetic' for generated images (default: synthetic)",
     )
     data.add_argument(
         "--dataset",
+        dest="dataset_name",
         choices=("auto", *DATASETS),
         default="auto",
         help="layout of --data: cub (CUB-200-2011 native files), folder (PATH/<class>/<image>, "
@@ -113,79 +126,106 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     data.add_argument(
         "--image-size",
-        type=positive_int,
-        help="train: resize + random crop; eval: resize + centre crop (default: 448, demo 64)",
+        type=integer,
+        metavar="PX",
+        help="train: resize + random crop; eval: resize + centre crop; at least "
+        f"{_minimum_sizes()} ({_defaults('image_size')})",
     )
     data.add_argument(
         "--val-fraction",
         type=unit_fraction,
-        default=0.1,
-        help="share of each class's training images held out for validation (default: 0.1)",
+        metavar="F",
+        help="share of each class's training images held out for validation "
+        f"({_defaults('val_fraction')})",
     )
     data.add_argument(
         "--test-fraction",
         type=unit_fraction,
-        default=0.2,
-        help="share held out as test split for a folder without train/ and test/ (default: 0.2)",
+        metavar="F",
+        help="share held out as test split for a folder without train/ and test/ "
+        f"({_defaults('test_fraction')})",
     )
-    data.add_argument("--bbox-crop", action="store_true", help="CUB: crop to the bounding box")
+    data.add_argument(
+        "--bbox-crop", action="store_true", default=None, help="CUB: crop to the bounding box"
+    )
     data.add_argument(
         "--download",
         action="store_true",
+        default=None,
         help="download aircraft / flowers if missing (nothing is downloaded otherwise)",
     )
     data.add_argument(
         "--skip-bad-images",
         action="store_true",
+        default=None,
         help="skip unreadable images with a warning (default: stop with an error naming them)",
     )
+
+
+def _add_synthetic_flags(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("synthetic data (--data synthetic)")
     data.add_argument(
         "--num-classes",
+        dest="synthetic_classes",
         type=positive_int,
-        default=4,
-        help="synthetic data: number of classes (also of colours and of orientations; >= 2)",
+        metavar="K",
+        help="number of classes (also of colours and of orientations; >= 2) "
+        f"({_defaults('synthetic_classes')})",
     )
     data.add_argument(
         "--train-size",
+        dest="synthetic_train_size",
         type=positive_int,
-        default=2048,
-        help="synthetic data: training images (validation included; default: 2048)",
+        metavar="N",
+        help=f"training images, validation included ({_defaults('synthetic_train_size')})",
     )
     data.add_argument(
         "--test-size",
+        dest="synthetic_test_size",
         type=positive_int,
-        default=1024,
-        help="synthetic data: test images (default: 1024)",
+        metavar="N",
+        help=f"test images ({_defaults('synthetic_test_size')})",
     )
 
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument(
-        "--backbone", choices=BACKBONES, help="feature extractor (default: vgg16; demo: tiny)"
+        "--backbone", choices=BACKBONES, help=f"feature extractor ({_defaults('backbone')})"
     )
+    pooling = "; ".join(f"{name}: {spec.pooling}" for name, spec in HEAD_SPECS.items())
     model.add_argument(
         "--head",
-        choices=("bilinear", "gap", "both"),
-        help="bilinear pooling, global average pooling, or both one after the other "
-        "(default: bilinear; demo: both)",
+        dest="head_names",
+        nargs="+",
+        choices=(*HEADS, "both"),
+        metavar="HEAD",
+        help=f"one or more heads, trained one after the other ({pooling}; both: bilinear gap) "
+        f"({_defaults('heads')})",
     )
     model.add_argument(
         "--weights",
+        dest="weights_name",
         metavar="NAME|PATH|none",
         help="backbone weights: a torchvision name (DEFAULT, IMAGENET1K_V1...), a state-dict "
-        "file, or none (default: DEFAULT for torchvision backbones, none for tiny)",
+        "file, or none (default: DEFAULT for torchvision backbones; none for tiny, and on "
+        "synthetic data)",
     )
     model.add_argument(
         "--reduce-dim",
         type=positive_int,
+        metavar="C",
         help="1x1 conv to this many channels before pooling (for resnet50/101's 2048)",
     )
 
+
+def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     recipe = parser.add_argument_group("recipe")
     recipe.add_argument(
         "--stage",
         choices=("fc", "all", "both"),
         help="fc: classifier on the frozen backbone; all: fine-tune everything from the fc "
-        "stage's best.pt in --out (or --init); both: fc then all (default: both; demo: fc)",
+        f"stage's best.pt in --out (or --init); both: fc then all ({_defaults('stages')})",
     )
     recipe.add_argument(
         "--init",
@@ -193,73 +233,80 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="stage all: start from this best.pt or checkpoint instead of OUT/fc/best.pt",
     )
-    recipe.add_argument(
-        "--epochs",
-        type=positive_int,
-        nargs="+",
-        metavar="N",
-        help="epochs per stage; with --stage both one value for both or two (fc all) "
-        "(default: 55 25; demo: 20)",
-    )
-    recipe.add_argument(
-        "--lr",
-        type=positive_float,
-        nargs="+",
-        metavar="LR",
-        help=f"learning rate per stage, like --epochs (default: {STAGE_DEFAULTS['fc']['lr']:g} "
-        f"{STAGE_DEFAULTS['all']['lr']:g}; demo: {DEMO['lr']['fc']:g})",
-    )
-    recipe.add_argument(
-        "--weight-decay",
-        type=float,
-        nargs="+",
-        metavar="WD",
-        help=f"weight decay per stage, like --epochs (default: "
-        f"{STAGE_DEFAULTS['fc']['weight_decay']:g} {STAGE_DEFAULTS['all']['weight_decay']:g})",
-    )
+    per_stage = "one value for every stage, or one per stage (fc all)"
+    for name, value_type, metavar, what in (
+        ("epochs", positive_int, "N", "epochs"),
+        ("lr", positive_float, "LR", "learning rate"),
+        ("weight_decay", non_negative_float, "WD", "weight decay"),
+    ):
+        recipe.add_argument(
+            _PER_STAGE[name],
+            type=value_type,
+            nargs="+",
+            metavar=metavar,
+            help=f"{what}: {per_stage} ({_defaults(name)})",
+        )
     recipe.add_argument(
         "--batch-size",
         type=positive_int,
-        help="global batch, split evenly over torchrun processes (default: 64; demo: 32)",
+        metavar="N",
+        help=f"global batch, split evenly over torchrun processes ({_defaults('batch_size')})",
     )
     recipe.add_argument(
         "--plateau-patience",
         type=non_negative_int,
-        default=3,
-        help="epochs without validation gain before the lr is divided by 10 (default: 3)",
+        metavar="N",
+        help="epochs without validation gain before the lr is divided by 10 "
+        f"({_defaults('plateau_patience')})",
     )
-    recipe.add_argument("--seed", type=int, default=0, help="seed of init, splits, order, crops")
+    recipe.add_argument(
+        "--seed",
+        type=integer,
+        metavar="N",
+        help=f"seed of init, splits, order, crops ({_defaults('seed')})",
+    )
 
+
+def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)"
     )
     runtime.add_argument(
         "--workers",
         type=non_negative_int,
-        help=f"DataLoader worker processes (default: {RECIPE['workers']}; demo: 0)",
+        metavar="N",
+        help=f"DataLoader worker processes ({_defaults('workers')})",
     )
     runtime.add_argument(
         "--amp",
-        choices=tuple(AMP_DTYPES),
-        default="off",
-        help="autocast dtype; fp16 uses a GradScaler (default: off)",
+        choices=AMP_MODES,
+        help=f"autocast dtype; fp16 uses a GradScaler ({_defaults('amp')})",
     )
-    runtime.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     runtime.add_argument(
-        "--sync-bn", action="store_true", help="under torchrun: BatchNorm statistics over all ranks"
+        "--channels-last", action="store_true", default=None, help="NHWC memory format"
+    )
+    runtime.add_argument(
+        "--sync-bn",
+        action="store_true",
+        default=None,
+        help="under torchrun: BatchNorm statistics over all ranks",
     )
     runtime.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+def _add_output_flags(parser: argparse.ArgumentParser) -> None:
     output = parser.add_argument_group("output and resuming")
     output.add_argument(
         "--out",
         type=Path,
+        metavar="PATH",
         help="run folder (default: runs/<date>-<time>; required under torchrun)",
     )
     resume = output.add_mutually_exclusive_group()
     resume.add_argument(
         "--resume",
+        dest="resume_required",
         action="store_true",
         help="continue the run in --out from its last complete checkpoint",
     )
@@ -268,104 +315,129 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue if --out holds checkpoints, else start; for torchrun --max-restarts",
     )
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``train`` and its flags."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train a B-CNN (no arguments: the synthetic bilinear-vs-GAP demo)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for add_flags in (
+        _add_data_flags,
+        _add_synthetic_flags,
+        _add_model_flags,
+        _add_recipe_flags,
+        _add_runtime_flags,
+        _add_output_flags,
+    ):
+        add_flags(parser)
     parser.set_defaults(handler=run_train)
 
 
-def _per_stage(name: str, values: list | None, stages: tuple[str, ...], defaults: dict) -> dict:
-    if values is None:
-        return {stage: defaults[stage] for stage in stages}
+def _per_stage(flag: str, values: list, stages: tuple[str, ...]) -> dict:
     if len(values) == 1:
         return {stage: values[0] for stage in stages}
     if len(values) == len(stages):
         return dict(zip(stages, values, strict=True))
     raise UserInputError(
-        f"{name} takes one value, or one per stage ({' '.join(stages)}); got {len(values)}"
+        f"{flag} takes one value, or one per stage ({' '.join(stages)}); got {len(values)}"
     )
+
+
+def _given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags the user gave, named like the fields of TrainConfig / DataConfig (and heads)."""
+    given = {
+        name: value
+        for name, value in vars(args).items()
+        if value is not None and name in _DATA_FIELDS | _TRAIN_FIELDS
+    }
+    if args.head_names is not None:
+        # In the order given, each once; "both" is bilinear and gap, as in the demo.
+        expanded = (("bilinear", "gap") if head == "both" else (head,) for head in args.head_names)
+        given["heads"] = tuple(dict.fromkeys(name for names in expanded for name in names))
+    if args.stage is not None:
+        given["stages"] = STAGES if args.stage == "both" else (args.stage,)
+    if args.weights_name is not None:
+        given["weights"] = None if args.weights_name.lower() == "none" else args.weights_name
+    if args.no_progress:
+        given["progress"] = False
+    return given
 
 
 def _default_out() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
+def _data_config(args: argparse.Namespace, options: dict[str, Any], synthetic: bool) -> DataConfig:
+    if synthetic:
+        dataset, root = "synthetic", None
+    else:
+        from bcnn_triton.data import detect_dataset
+
+        root = args.data_path
+        dataset = args.dataset_name
+        if dataset == "auto":
+            dataset = detect_dataset(root)
+    data_options = {name: value for name, value in options.items() if name in _DATA_FIELDS}
+    return DataConfig(dataset=dataset, root=root, **data_options)
+
+
+def _resume_mode(
+    args: argparse.Namespace, out: Path, heads: tuple[str, ...], stages: tuple[str, ...]
+) -> str:
+    if args.auto_resume:
+        return "auto"
+    if not args.resume_required:
+        return "never"
+    if len(heads) == 1:
+        return "required"
+    # Several heads run one after the other: an interrupted run has checkpoints for the heads
+    # it reached. Continue those; start the heads it did not reach.
+    from bcnn_triton.train import checkpoint_paths
+
+    if not any(checkpoint_paths(out / head / stage) for head in heads for stage in stages):
+        raise UserInputError(f"--resume: no checkpoint to resume from in {out}")
+    return "auto"
+
+
 def build_train_configs(args: argparse.Namespace, world_size: int = 1) -> list[TrainConfig]:
-    """One TrainConfig per head (two for ``--head both``), from parsed arguments."""
-    synthetic = args.data == "synthetic" or args.dataset == "synthetic"
-    defaults = DEMO if synthetic else RECIPE
-    dataset = "synthetic" if synthetic else args.dataset
-    if dataset == "auto":
-        dataset = detect_dataset(args.data)
-    backbone = args.backbone or defaults["backbone"]
-    weights = args.weights
-    if weights is None:
-        weights = None if backbone == "tiny" or synthetic else "DEFAULT"
-    elif weights.lower() == "none":
-        weights = None
-    stage = args.stage or defaults["stage"]
-    stages = ("fc", "all") if stage == "both" else (stage,)
+    """One checked TrainConfig per head, from parsed arguments (see the module docstring)."""
+    synthetic = args.data_path == "synthetic" or args.dataset_name == "synthetic"
+    given = _given_options(args)
+    options = {**(DEMO if synthetic else {}), **given}
+    stages = options.get("stages", default_of("stages"))
+    for name, flag in _PER_STAGE.items():
+        if name in given:
+            options[name] = _per_stage(flag, given[name], stages)
     if args.init is not None and "fc" in stages:
         raise UserInputError("--init gives stage all its starting weights; use it with --stage all")
     if args.out is None and world_size > 1:
         raise UserInputError(
             "under torchrun, pass --out: every process (and every restart) must use one folder"
         )
-    if synthetic and args.num_classes < 2:
+    if synthetic and options.get("synthetic_classes", default_of("synthetic_classes")) < 2:
         raise UserInputError("--num-classes must be at least 2 for the synthetic dataset")
-    data = DataConfig(
-        dataset=dataset,
-        root=None if synthetic else args.data,
-        image_size=args.image_size or defaults["image_size"],
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-        download=args.download,
-        bbox_crop=args.bbox_crop,
-        synthetic_classes=args.num_classes,
-        synthetic_train_size=args.train_size,
-        synthetic_test_size=args.test_size,
-    )
-    heads = (
-        defaults["heads"]
-        if args.head is None
-        else (("bilinear", "gap") if args.head == "both" else (args.head,))
-    )
-    out = args.out or _default_out()
-    resume = "required" if args.resume else "auto" if args.auto_resume else "never"
-    common = {
-        "data": data,
-        "backbone": backbone,
-        "weights": weights,
-        "reduce_dim": args.reduce_dim,
-        "stages": stages,
-        "epochs": _per_stage("--epochs", args.epochs, stages, defaults["epochs"]),
-        "lr": _per_stage("--lr", args.lr, stages, defaults["lr"]),
-        "weight_decay": _per_stage(
-            "--weight-decay",
-            args.weight_decay,
-            stages,
-            {s: d["weight_decay"] for s, d in STAGE_DEFAULTS.items()},
-        ),
-        "batch_size": args.batch_size or defaults["batch_size"],
-        "workers": defaults["workers"] if args.workers is None else args.workers,
-        "amp": args.amp,
-        "channels_last": args.channels_last,
-        "sync_bn": args.sync_bn,
-        "plateau_patience": args.plateau_patience,
-        "seed": args.seed,
-        "skip_bad_images": args.skip_bad_images,
-        "resume": resume,
-        "init": args.init,
-        "progress": not args.no_progress,
-    }
-    return [
-        TrainConfig(out=out / head if len(heads) > 1 else out, head=head, **common)
+    heads = options.pop("heads", default_of("heads"))
+    out = options.pop("out", None) or _default_out()
+    data = _data_config(args, options, synthetic)
+    options["resume"] = _resume_mode(args, out, heads, stages)
+    train_options = {name: value for name, value in options.items() if name in _TRAIN_FIELDS}
+    configs = [
+        TrainConfig(
+            data=data, out=out / head if len(heads) > 1 else out, head=head, **train_options
+        )
         for head in heads
     ]
+    for config in configs:
+        config.check()
+    return configs
 
 
-_POOLING = {"bilinear": "Gram, signed sqrt, L2", "gap": "global average"}
-
-
-def _comparison_table(runs: list[tuple[TrainConfig, list[StageResult], float]]) -> str:
+def _comparison_table(runs: list[tuple[TrainConfig, list, float]]) -> str:
     first = runs[0][0]
     data = first.data
     what = (
@@ -383,25 +455,57 @@ def _comparison_table(runs: list[tuple[TrainConfig, list[StageResult], float]]) 
     for config, results, seconds in runs:
         final = results[-1]
         lines.append(
-            f"{config.head:<10} {_POOLING[config.head]:<24} {100 * final.best_val_acc:>8.1f}% "
-            f"{100 * final.test.top1:>10.1f}% {seconds:>7.0f}s"
+            f"{config.head:<10} {HEAD_SPECS[config.head].pooling:<24} "
+            f"{100 * final.best_val_acc:>8.1f}% {100 * final.test.top1:>10.1f}% {seconds:>7.0f}s"
         )
     out = first.out.parent if len(runs) > 1 else first.out
     lines.append(f"({runs[0][1][-1].test.count} test images; outputs in {out})")
     return "\n".join(lines)
 
 
+def _how_to_continue(
+    args: argparse.Namespace, configs: list[TrainConfig], distributed: bool
+) -> str:
+    """What to run after Ctrl-C: this command with --out and --resume, if anything was saved."""
+    from bcnn_triton.train import checkpoint_paths
+
+    out = configs[0].out.parent if len(configs) > 1 else configs[0].out
+    saved = any(checkpoint_paths(c.out / stage) for c in configs for stage in c.stages)
+    if not saved:
+        return "no epoch had finished, so nothing was saved to resume; run the command again"
+    if distributed:
+        return f"continue with the same torchrun command, with --out {out} --resume"
+    kept: list[str] = []
+    words = iter(args.argv)
+    for word in words:
+        if word == "--out":
+            next(words, None)
+        elif word not in ("--resume", "--auto-resume") and not word.startswith("--out="):
+            kept.append(word)
+    return "continue with: " + shlex.join(["bcnn-triton", *kept, "--out", str(out), "--resume"])
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Handler of ``bcnn-triton train``: run each head, then print the results."""
+    from tqdm.auto import tqdm
+
+    from bcnn_triton.train import init_distributed, run_training, shutdown_distributed
+
     context = init_distributed(args.device)
     configure_logging(context.rank, context.distributed)
     clean_exit = False
     try:
+        configs = build_train_configs(args, context.world_size)
         runs = []
-        for config in build_train_configs(args, context.world_size):
-            started = time.perf_counter()
-            results = run_training(config, context)
-            runs.append((config, results, time.perf_counter() - started))
+        try:
+            for config in configs:
+                started = time.perf_counter()
+                results = run_training(config, context)
+                runs.append((config, results, time.perf_counter() - started))
+        except KeyboardInterrupt:
+            raise InterruptedRunError(
+                _how_to_continue(args, configs, context.distributed)
+            ) from None
         if context.is_main:
             tqdm.write(_comparison_table(runs))
         clean_exit = True

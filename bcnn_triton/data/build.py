@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Subset
 
+from bcnn_triton.config import DATASETS, MIN_IMAGE_SIZE, DataConfig
 from bcnn_triton.data.cub import find_cub_root, load_cub_records
 from bcnn_triton.data.folder import load_folder_records
-from bcnn_triton.data.images import ImageRecord, ImageRecordDataset
+from bcnn_triton.data.images import ImageRecord, ImageRecordDataset, check_data_folder
 from bcnn_triton.data.seeding import generator_for
 from bcnn_triton.data.synthetic import SyntheticSecondOrder
 from bcnn_triton.data.torchvision_sets import TORCHVISION_DATASETS, load_torchvision_records
-from bcnn_triton.data.transforms import Preprocessing, TrainTransform
+from bcnn_triton.data.transforms import TrainTransform
 from bcnn_triton.errors import UserInputError
 
 __all__ = [
@@ -28,44 +29,8 @@ __all__ = [
     "stratified_holdout",
 ]
 
-#: Names accepted by ``--dataset``.
-DATASETS = ("synthetic", "cub", "folder", *TORCHVISION_DATASETS)
-
 # Stream ids that keep the validation and test hold-outs independent of each other.
 _VAL_STREAM, _TEST_STREAM = 1, 2
-
-
-@dataclass
-class DataConfig:
-    """What to load. ``root`` is ignored for ``dataset="synthetic"``.
-
-    ``val_fraction`` of the training pool (per class) is held out for model selection and the
-    LR schedule; ``test_fraction`` is used only for a single-tree image folder, which has no
-    test split of its own. The ``synthetic_*`` fields size the built-in synthetic dataset.
-    """
-
-    dataset: str = "synthetic"
-    root: str | None = None
-    image_size: int = 64
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    seed: int = 0
-    download: bool = False
-    bbox_crop: bool = False
-    synthetic_classes: int = 4
-    synthetic_train_size: int = 2048
-    synthetic_test_size: int = 1024
-    synthetic_options: dict = field(default_factory=dict)
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        """How evaluation images are prepared: resize, centre crop, ImageNet mean/std.
-
-        Synthetic images are generated at ``image_size`` with the same normalization, which is
-        what this preprocessing gives for an image file of that size (resize and crop are
-        then no-ops).
-        """
-        return Preprocessing(self.image_size)
 
 
 @dataclass
@@ -129,6 +94,8 @@ def _load_records(
 ) -> tuple[list[ImageRecord], list[ImageRecord] | None, list[str]]:
     if config.root is None:
         raise UserInputError(f"--dataset {config.dataset} needs --data PATH (its folder)")
+    if not config.download or Path(config.root).exists():
+        check_data_folder(config.root)
     if config.bbox_crop and config.dataset != "cub":
         raise UserInputError("--bbox-crop needs --dataset cub (bounding_boxes.txt)")
     if config.dataset == "cub":
@@ -164,6 +131,13 @@ def _build_synthetic(config: DataConfig) -> DataSplits:
     train_positions, val_positions = stratified_holdout(
         labels, config.val_fraction, config.seed, _VAL_STREAM
     )
+    if not val_positions:
+        # Only classes with at least two training images give one to validation.
+        raise UserInputError(
+            f"the validation split is empty: --train-size {config.synthetic_train_size} gives "
+            f"fewer than 2 training images to each of the {config.synthetic_classes} classes; "
+            f"pass --train-size {2 * config.synthetic_classes} or more, or fewer --num-classes"
+        )
     test = SyntheticSecondOrder(config.synthetic_test_size, split="test", **options)
     return DataSplits(
         Subset(pool, train_positions), Subset(pool, val_positions), test, list(pool.classes)
@@ -181,8 +155,10 @@ def build_datasets(config: DataConfig) -> DataSplits:
             f"unknown dataset {config.dataset!r}; expected one of {', '.join(DATASETS)}"
         )
     _check_fraction("--val-fraction", config.val_fraction)
-    if config.image_size < 8:
-        raise UserInputError(f"--image-size must be at least 8; got {config.image_size}")
+    if config.image_size < MIN_IMAGE_SIZE:
+        raise UserInputError(
+            f"--image-size must be at least {MIN_IMAGE_SIZE}; got {config.image_size}"
+        )
     if config.dataset == "synthetic":
         return _build_synthetic(config)
 

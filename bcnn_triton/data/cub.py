@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bcnn_triton.data.images import ImageRecord
+from bcnn_triton.data.images import ImageRecord, check_data_folder
 from bcnn_triton.errors import UserInputError
 
 __all__ = ["CUB_FOLDER", "CUB_REQUIRED_FILES", "find_cub_root", "load_cub_records"]
@@ -87,8 +87,7 @@ def load_cub_records(
         UserInputError: missing folder or file, unparsable line, or inconsistent ids.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise UserInputError(f"data folder {root} does not exist")
+    check_data_folder(root)
     base = find_cub_root(root)
     if base is None:
         raise UserInputError(f"{root} is not a CUB-200-2011 folder (no images.txt); {_LAYOUT_HINT}")

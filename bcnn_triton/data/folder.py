@@ -14,15 +14,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-from bcnn_triton.data.images import ImageRecord
+from bcnn_triton.data.images import ImageRecord, check_data_folder
 from bcnn_triton.errors import UserInputError
 
 __all__ = ["load_folder_records"]
 
 
 def _class_folders(tree: Path) -> list[str]:
+    # Not torchvision's find_classes: that one takes hidden folders (.ipynb_checkpoints, .git)
+    # as classes, and raises on an empty tree where we want our own message.
     return sorted(
         entry.name
         for entry in os.scandir(tree)
@@ -30,24 +32,15 @@ def _class_folders(tree: Path) -> list[str]:
     )
 
 
-def _images_under(folder: Path) -> list[str]:
-    found = []
-    for directory, subdirectories, files in os.walk(folder, followlinks=True):
-        subdirectories.sort()
-        found.extend(
-            os.path.join(directory, name)
-            for name in sorted(files)
-            if name.lower().endswith(IMG_EXTENSIONS)
-        )
-    return found
-
-
 def _read_tree(tree: Path, classes: list[str]) -> list[ImageRecord]:
-    records = []
-    for label, name in enumerate(classes):
-        if (tree / name).is_dir():
-            records.extend(ImageRecord(path, label) for path in _images_under(tree / name))
-    return records
+    # A class folder missing from the tree (a test tree without some class) is skipped.
+    samples = make_dataset(
+        tree,
+        {name: label for label, name in enumerate(classes)},
+        extensions=IMG_EXTENSIONS,
+        allow_empty=True,
+    )
+    return [ImageRecord(path, label) for path, label in samples]
 
 
 def load_folder_records(
@@ -60,8 +53,7 @@ def load_folder_records(
             test class that the training tree does not have.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise UserInputError(f"data folder {root} does not exist")
+    check_data_folder(root)
     train_tree = root / "train" if (root / "train").is_dir() else root
     test_tree = next(
         (root / name for name in ("test", "val") if train_tree != root and (root / name).is_dir()),

@@ -26,6 +26,7 @@ __all__ = [
     "ImageRecord",
     "ImageRecordDataset",
     "UnreadableImage",
+    "check_data_folder",
     "collate_images",
     "load_rgb",
     "split_unreadable",
@@ -60,6 +61,18 @@ class ImageBatch(NamedTuple):
     images: torch.Tensor
     labels: torch.Tensor
     unreadable: list[UnreadableImage]
+
+
+def check_data_folder(root: str | Path) -> None:
+    """UserInputError unless ``root`` is an existing folder (a file is named as a file)."""
+    root = Path(root)
+    if root.is_dir():
+        return
+    if root.exists():
+        raise UserInputError(
+            f"--data {root} is a file, not a folder; pass the folder that holds the dataset"
+        )
+    raise UserInputError(f"data folder {root} does not exist")
 
 
 def load_rgb(path: str | Path, box: tuple[float, float, float, float] | None = None) -> Image.Image:

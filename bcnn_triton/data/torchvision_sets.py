@@ -1,17 +1,18 @@
 """FGVC-Aircraft, Stanford Cars and Flowers-102 through torchvision, read as image records.
 
-torchvision parses the annotation files; the images are then read by
+torchvision parses the annotation files (its datasets take a ``loader``, here one that returns the
+path, so listing a split decodes no image); the images are then read by
 :class:`~bcnn_triton.data.images.ImageRecordDataset` like every other dataset here (same
 transforms, same handling of unreadable files). Nothing is downloaded unless ``download=True``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bcnn_triton.data.images import ImageRecord
+from bcnn_triton.data.images import ImageRecord, check_data_folder
 from bcnn_triton.errors import UserInputError
 
 __all__ = ["TORCHVISION_DATASETS", "load_torchvision_records"]
@@ -26,22 +27,30 @@ class _Source:
     factory: Callable[..., object]
 
 
+def _path_of(path: str | Path) -> str:
+    # Passed as torchvision's ``loader``: the dataset then yields (path, label) without decoding
+    # the image, and ImageRecordDataset reads the file later (naming it if it is unreadable).
+    return str(path)
+
+
 def _aircraft(root: str, split: str, download: bool):
     from torchvision.datasets import FGVCAircraft
 
-    return FGVCAircraft(root, split=split, annotation_level="variant", download=download)
+    return FGVCAircraft(
+        root, split=split, annotation_level="variant", download=download, loader=_path_of
+    )
 
 
 def _cars(root: str, split: str, download: bool):
     from torchvision.datasets import StanfordCars
 
-    return StanfordCars(root, split=split, download=download)
+    return StanfordCars(root, split=split, download=download, loader=_path_of)
 
 
 def _flowers(root: str, split: str, download: bool):
     from torchvision.datasets import Flowers102
 
-    return Flowers102(root, split=split, download=download)
+    return Flowers102(root, split=split, download=download, loader=_path_of)
 
 
 TORCHVISION_DATASETS = {
@@ -51,15 +60,8 @@ TORCHVISION_DATASETS = {
 }
 
 
-def _records_of(dataset: object) -> list[ImageRecord]:
-    # These torchvision classes keep their file lists in private attributes (stable since the
-    # classes were added); reading them lets our own loader report unreadable files by name.
-    if hasattr(dataset, "_samples"):
-        return [ImageRecord(str(path), int(label)) for path, label in dataset._samples]
-    return [
-        ImageRecord(str(path), int(label))
-        for path, label in zip(dataset._image_files, dataset._labels, strict=True)
-    ]
+def _records_of(dataset: Sequence[tuple[str, int]]) -> list[ImageRecord]:
+    return [ImageRecord(path, int(label)) for path, label in dataset]
 
 
 def _class_names(dataset: object, records: list[ImageRecord]) -> list[str]:
@@ -88,8 +90,8 @@ def load_torchvision_records(
             f"torchvision cannot download {name} (its original URL is gone); place the files "
             f"under {Path(root) / source.folder} as torchvision's StanfordCars expects"
         )
-    if not download and not Path(root).is_dir():
-        raise UserInputError(f"data folder {root} does not exist")
+    if not download or Path(root).exists():
+        check_data_folder(root)
     records: list[ImageRecord] = []
     for split in source.train_splits if train else (source.test_split,):
         try:

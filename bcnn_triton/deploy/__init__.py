@@ -13,7 +13,12 @@ from bcnn_triton.deploy.export import (
     exported_program,
     missing_translations,
 )
-from bcnn_triton.deploy.loading import TrainedModel, find_checkpoint, load_trained_model
+from bcnn_triton.deploy.loading import (
+    TrainedModel,
+    best_checkpoint_in,
+    find_checkpoint,
+    load_trained_model,
+)
 from bcnn_triton.deploy.outputs import OUTPUT_FORMATS, output_format, write_predictions
 from bcnn_triton.deploy.predictor import Prediction, PredictionResult, Predictor, collect_images
 
@@ -26,6 +31,7 @@ __all__ = [
     "PredictionResult",
     "Predictor",
     "TrainedModel",
+    "best_checkpoint_in",
     "collect_images",
     "compare_onnx_logits",
     "export_metadata",

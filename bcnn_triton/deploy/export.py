@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from bcnn_triton.config import EXPORT_FORMATS
 from bcnn_triton.deploy.loading import TrainedModel
 from bcnn_triton.errors import UserInputError
 from bcnn_triton.train.atomic import atomic_write
@@ -38,8 +39,6 @@ __all__ = [
     "missing_translations",
 ]
 
-#: Export format → file extension.
-EXPORT_FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 #: Name of the JSON metadata (classes, preprocessing, model config) inside a .pt2 file.
 PT2_METADATA_FILE = "bcnn_triton.json"
 # Operators of this namespace are ours: each needs an ONNX translation.

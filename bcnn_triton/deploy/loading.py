@@ -64,6 +64,14 @@ class TrainedModel:
         return next(self.model.parameters()).device
 
 
+def best_checkpoint_in(folder: str | Path) -> Path | None:
+    """The most trained ``best.pt`` of a run or stage folder (all/, fc/, the folder), or None."""
+    for candidate in _RUN_FOLDER_CANDIDATES:
+        if (Path(folder) / candidate).is_file():
+            return Path(folder) / candidate
+    return None
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """``path`` itself if it is a file; for a run folder, its most trained ``best.pt``.
 
@@ -78,9 +86,9 @@ def find_checkpoint(path: str | Path) -> Path:
         return path
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    for candidate in _RUN_FOLDER_CANDIDATES:
-        if (path / candidate).is_file():
-            return path / candidate
+    best = best_checkpoint_in(path)
+    if best is not None:
+        return best
     found = sorted(str(p) for p in path.glob(f"**/{BEST_NAME}"))
     hint = f"; found {', '.join(found[:4])}: pass one of them" if found else ""
     raise CheckpointError(

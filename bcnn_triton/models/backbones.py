@@ -5,11 +5,11 @@ block, and a tiny random-init network for CPU demos and tests.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torchvision
 from torch import nn
 
+from bcnn_triton.config import BACKBONE_SPECS, BACKBONES
 from bcnn_triton.models.weights import WeightsSpec, load_weights, resolve_weights
 
 __all__ = [
@@ -22,27 +22,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class _BackboneSpec:
-    channels: int
-    # The smallest image side that still leaves a feature map of at least 1×1.
-    min_input_size: int
-
-
-_SPECS: dict[str, _BackboneSpec] = {
-    # conv5_3 + ReLU after four 2×2 max-pools (the fifth, last one is cut off as in the seed).
-    "vgg16": _BackboneSpec(512, 16),
-    "vgg19": _BackboneSpec(512, 16),
-    "resnet18": _BackboneSpec(512, 1),
-    "resnet34": _BackboneSpec(512, 1),
-    "resnet50": _BackboneSpec(2048, 1),
-    "resnet101": _BackboneSpec(2048, 1),
-    "tiny": _BackboneSpec(64, 1),
-}
-
-#: Backbone names accepted by the models.
-BACKBONES: tuple[str, ...] = tuple(_SPECS)
-
 # (output channels, stride) of each conv-BN-ReLU block of the tiny backbone: total stride 8,
 # like the 1/8 to 1/16 maps of the real backbones at a fraction of their cost.
 _TINY_BLOCKS = ((16, 2), (32, 2), (64, 2), (64, 1))
@@ -50,7 +29,7 @@ _TINY_BLOCKS = ((16, 2), (32, 2), (64, 2), (64, 1))
 
 def check_backbone(name: object, argument: str = "backbone") -> str:
     """``name`` if it is a known backbone, else ValueError naming ``argument`` and BACKBONES."""
-    if name not in _SPECS:
+    if name not in BACKBONE_SPECS:
         raise ValueError(f"{argument} must be one of {', '.join(BACKBONES)}; got {name!r}")
     return name
 
@@ -62,12 +41,12 @@ def feature_channels(backbone: str) -> int:
         >>> feature_channels("resnet50")
         2048
     """
-    return _SPECS[check_backbone(backbone)].channels
+    return BACKBONE_SPECS[check_backbone(backbone)].channels
 
 
 def min_input_size(backbone: str) -> int:
     """Smallest image height and width the backbone maps to a non-empty feature map."""
-    return _SPECS[check_backbone(backbone)].min_input_size
+    return BACKBONE_SPECS[check_backbone(backbone)].min_input_size
 
 
 def build_backbone(name: str, weights: WeightsSpec = None) -> nn.Sequential:

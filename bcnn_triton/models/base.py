@@ -4,10 +4,11 @@ pretrained backbone and new head, and a backbone freeze that also stops BatchNor
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import numbers
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -39,6 +40,14 @@ def linear_classifier(in_features: int, num_classes: int) -> nn.Linear:
     return fc
 
 
+def _plain_value(name: str, value: Any) -> Any:
+    if name.endswith("weights"):
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
 class BackboneClassifier(nn.Module):
     """Base of the models: one or two backbones (``features``, ``second_features``) and a head.
 
@@ -51,8 +60,8 @@ class BackboneClassifier(nn.Module):
     features: nn.Module
     second_features: nn.Module | None
     fc: nn.Linear
-    # Set by subclasses: their constructor arguments, with "head" naming the subclass.
-    _config: dict[str, Any]
+    #: The head name of the subclass (a key of ``bcnn_triton.config.HEAD_SPECS``).
+    head: ClassVar[str]
 
     def __init__(self) -> None:
         super().__init__()
@@ -67,6 +76,19 @@ class BackboneClassifier(nn.Module):
         state, and ``head`` says which model (``"bilinear"`` or ``"gap"``).
         """
         return {**self._config, "freeze_backbone": self.backbone_frozen}
+
+    def _record_config(self, arguments: Mapping[str, Any]) -> None:
+        """Keep the constructor's arguments (pass ``locals()``) for :attr:`config`.
+
+        The names come from the subclass's ``__init__`` signature, so a new argument is recorded
+        without restating it; numbers become plain ints and floats, and arguments naming
+        weights become None (the checkpoint carries the weights).
+        """
+        parameters = inspect.signature(type(self).__init__).parameters
+        self._config = {"head": self.head}
+        for name in parameters:
+            if name != "self":
+                self._config[name] = _plain_value(name, arguments[name])
 
     def _set_min_input_size(self, *backbones: str | None) -> None:
         self._min_input_size = max(min_input_size(name) for name in backbones if name is not None)

@@ -51,6 +51,8 @@ class BilinearCNN(BackboneClassifier):
         torch.Size([2, 4096])
     """
 
+    head = "bilinear"
+
     def __init__(
         self,
         backbone: str = "vgg16",
@@ -68,6 +70,7 @@ class BilinearCNN(BackboneClassifier):
         backend: str | None = None,
     ) -> None:
         super().__init__()
+        self._record_config(locals())
         # Arguments are checked before the backbones, slow to build (or to download), are built.
         check_backbone(backbone)
         if second_backbone is not None:
@@ -107,20 +110,6 @@ class BilinearCNN(BackboneClassifier):
             second_channels = reduce_dim or feature_channels(second_backbone)
         self.fc = linear_classifier(self.pool.output_size(channels, second_channels), num_classes)
 
-        self._config = {
-            "head": "bilinear",
-            "backbone": backbone,
-            "num_classes": int(num_classes),
-            "weights": None,
-            "second_backbone": second_backbone,
-            "second_weights": None,
-            "reduce_dim": None if reduce_dim is None else int(reduce_dim),
-            "signed_sqrt": bool(signed_sqrt),
-            "normalize": bool(normalize),
-            "eps": float(eps),
-            "triu": bool(triu),
-            "backend": backend,
-        }
         self._set_min_input_size(backbone, second_backbone)
         self.set_backbone_frozen(freeze_backbone)
 

@@ -2,32 +2,38 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-from bcnn_triton.models.bilinear_cnn import BilinearCNN
-from bcnn_triton.models.global_pool_cnn import GlobalPoolCNN
+from bcnn_triton.config import HEAD_SPECS, HEADS
 
-__all__ = ["HEADS", "create_model", "model_from_config"]
+__all__ = ["HEADS", "create_model", "model_class", "model_from_config"]
 
-_MODELS: dict[str, type[nn.Module]] = {"bilinear": BilinearCNN, "gap": GlobalPoolCNN}
 
-#: Head names accepted by :func:`create_model`: bilinear pooling, or global average pooling.
-HEADS: tuple[str, ...] = tuple(_MODELS)
+def model_class(head: str) -> type[nn.Module]:
+    """The model class registered for ``head`` in ``bcnn_triton.config.HEAD_SPECS``.
+
+    Example:
+        >>> model_class("gap").__name__
+        'GlobalPoolCNN'
+    """
+    if head not in HEAD_SPECS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
+    module_name, class_name = HEAD_SPECS[head].model.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def create_model(head: str = "bilinear", **kwargs: Any) -> nn.Module:
-    """``BilinearCNN(**kwargs)`` for ``head="bilinear"``, ``GlobalPoolCNN(**kwargs)`` for "gap".
+    """The model of ``head`` (``BilinearCNN`` for "bilinear", ``GlobalPoolCNN`` for "gap"...).
 
     Example:
         >>> create_model("gap", backbone="tiny", num_classes=5)(torch.rand(2, 3, 32, 32)).shape
         torch.Size([2, 5])
     """
-    if head not in _MODELS:
-        raise ValueError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
-    return _MODELS[head](**kwargs)
+    return model_class(head)(**kwargs)
 
 
 def model_from_config(config: Mapping[str, Any]) -> nn.Module:

@@ -32,6 +32,8 @@ class GlobalPoolCNN(BackboneClassifier):
         torch.Size([2, 64])
     """
 
+    head = "gap"
+
     def __init__(
         self,
         backbone: str = "vgg16",
@@ -42,6 +44,7 @@ class GlobalPoolCNN(BackboneClassifier):
         freeze_backbone: bool = False,
     ) -> None:
         super().__init__()
+        self._record_config(locals())
         check_backbone(backbone)
         check_positive_int("num_classes", num_classes)
         check_positive_int("reduce_dim", reduce_dim, optional=True)
@@ -53,13 +56,6 @@ class GlobalPoolCNN(BackboneClassifier):
         )
         self.fc = linear_classifier(reduce_dim or feature_channels(backbone), num_classes)
 
-        self._config = {
-            "head": "gap",
-            "backbone": backbone,
-            "num_classes": int(num_classes),
-            "weights": None,
-            "reduce_dim": None if reduce_dim is None else int(reduce_dim),
-        }
         self._set_min_input_size(backbone)
         self.set_backbone_frozen(freeze_backbone)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torchvision.models import WeightsEnum, get_model_weights
 
+from bcnn_triton.errors import UserInputError
+
 __all__ = ["WeightsSpec", "WeightsUnavailableError", "load_weights", "resolve_weights"]
 
 #: What the ``weights`` argument of the models accepts.
@@ -23,8 +25,11 @@ WeightsSpec = WeightsEnum | str | os.PathLike | None
 _FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 
 
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights that could be neither found locally nor downloaded."""
+class WeightsUnavailableError(UserInputError, RuntimeError):
+    """Pretrained weights that could be neither found locally nor downloaded.
+
+    Its ``command_line`` wording names ``--weights PATH`` where the message names ``weights=``.
+    """
 
 
 def _cache_dir() -> Path:
@@ -91,9 +96,12 @@ def load_weights(backbone: str, weights: WeightsEnum | Path) -> dict[str, torch.
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as err:
+            # Not torch's message: for a file holding Python objects it advises
+            # weights_only=False, i.e. running code from the file.
             raise ValueError(
                 f"weights file {str(weights)!r} for backbone {backbone!r} cannot be read as a "
-                f"state dict: {err}"
+                f"state dict: it is corrupt, or not a file saved with torch.save(state_dict) "
+                f"({type(err).__name__})"
             ) from err
         if not isinstance(state, dict):
             raise ValueError(
@@ -107,12 +115,16 @@ def load_weights(backbone: str, weights: WeightsEnum | Path) -> dict[str, torch.
         return torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True)
     except OSError as err:
         file_name = weights.url.rsplit("/", 1)[-1]
-        raise WeightsUnavailableError(
+        problem = (
             f"pretrained weights {weights!r} for backbone {backbone!r} could not be had offline: "
             f"{file_name} is not in torchvision's cache ($TORCH_HOME/hub/checkpoints, here "
             f"{_cache_dir()}) and downloading {weights.url} failed ({type(err).__name__}: "
             f"{err}). Copy the file into that folder, or pass a local file: "
-            f'weights="/path/to/{file_name}"'
+        )
+        raise WeightsUnavailableError(
+            f'{problem}weights="/path/to/{file_name}"',
+            command_line=f"{problem}--weights /path/to/{file_name} (or --weights none to start "
+            "from random weights)",
         ) from err
 
 

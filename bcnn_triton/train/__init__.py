@@ -1,5 +1,7 @@
 """Training and evaluation loops, checkpoints, metrics, distributed setup."""
 
+from bcnn_triton.config import RESUME_MODES, STAGES, TrainConfig
+from bcnn_triton.errors import TrainingError
 from bcnn_triton.train.checkpoint import (
     BEST_NAME,
     CheckpointError,
@@ -16,31 +18,19 @@ from bcnn_triton.train.distributed import (
     resolve_device,
     shutdown_distributed,
 )
-from bcnn_triton.train.engine import (
-    AMP_DTYPES,
-    STAGE_DEFAULTS,
-    STAGES,
-    EvalResult,
-    StageConfig,
-    StageResult,
-    TrainingError,
-    evaluate,
-    train_stage,
-)
+from bcnn_triton.train.engine import AMP_DTYPES, EvalResult, StageResult, evaluate, train_stage
 from bcnn_triton.train.reports import plot_confusion_matrix, plot_training_curves, write_json
-from bcnn_triton.train.run import RESUME_MODES, TrainConfig, build_model, load_model, run_training
+from bcnn_triton.train.run import build_model, load_model, run_training
 
 __all__ = [
     "AMP_DTYPES",
     "BEST_NAME",
     "RESUME_MODES",
     "STAGES",
-    "STAGE_DEFAULTS",
     "CheckpointError",
     "DistributedContext",
     "EvalResult",
     "ShardedEvalSampler",
-    "StageConfig",
     "StageResult",
     "TrainConfig",
     "TrainingError",

@@ -13,8 +13,11 @@ Checkpoints hold only tensors, numbers, strings, lists and dicts, so they load w
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -97,15 +100,33 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A foreign pickle makes torch warn about its protocol before it fails; the error
+            # below says all there is to say.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt and cannot be loaded "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            f"checkpoint {path} is truncated or corrupt, or not a bcnn-triton checkpoint: "
+            f"{_why_unloadable(path, error)}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a bcnn-triton checkpoint ({CHECKPOINT_FORMAT})")
     return state
+
+
+def _why_unloadable(path: Path, error: Exception) -> str:
+    # torch's own message for these cases advises weights_only=False, i.e. running code from an
+    # unknown file: never pass that on.
+    if isinstance(error, pickle.UnpicklingError):
+        return (
+            "it holds Python objects, which are not loaded for safety (our checkpoints hold only "
+            "tensors, numbers, strings, lists and dicts)"
+        )
+    if not zipfile.is_zipfile(path):
+        return "it is not a complete zip archive, as torch.save writes"
+    first_sentence = str(error).split(". ")[0].strip()
+    return f"{type(error).__name__}: {first_sentence}"
 
 
 def load_latest_checkpoint(directory: str | Path) -> tuple[dict[str, Any], Path] | None:

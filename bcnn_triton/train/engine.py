@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from bcnn_triton.config import TrainConfig
 from bcnn_triton.data import DataSplits, collate_images, split_unreadable
 from bcnn_triton.data.seeding import derive_seed
-from bcnn_triton.errors import UserInputError
+from bcnn_triton.errors import TrainingError, UserInputError
 from bcnn_triton.train.checkpoint import (
     BEST_NAME,
     capture_rng_state,
@@ -42,54 +43,12 @@ from bcnn_triton.train.distributed import (
 )
 from bcnn_triton.train.reports import plot_training_curves, write_metrics
 
-__all__ = [
-    "AMP_DTYPES",
-    "STAGES",
-    "STAGE_DEFAULTS",
-    "EvalResult",
-    "StageConfig",
-    "StageResult",
-    "TrainingError",
-    "evaluate",
-    "train_stage",
-]
+__all__ = ["AMP_DTYPES", "EvalResult", "StageResult", "TrainingError", "evaluate", "train_stage"]
 
 logger = logging.getLogger(__name__)
 
-#: Stages of the B-CNN recipe: "fc" trains the head on a frozen backbone, "all" fine-tunes all.
-STAGES = ("fc", "all")
-#: The published recipe (HaoMood/bilinear-cnn): SGD with momentum 0.9 and these lr / decay.
-STAGE_DEFAULTS = {
-    "fc": {"lr": 1.0, "weight_decay": 1e-8},
-    "all": {"lr": 1e-2, "weight_decay": 1e-5},
-}
-#: ``--amp`` choices → autocast dtype (None: full precision).
+#: ``--amp`` modes (bcnn_triton.config.AMP_MODES) → autocast dtype (None: full precision).
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss diverged); the message says what to change."""
-
-
-@dataclass
-class StageConfig:
-    """Hyperparameters and runtime options of one stage. ``batch_size`` is the global batch."""
-
-    stage: str
-    epochs: int
-    lr: float
-    weight_decay: float
-    batch_size: int = 32
-    momentum: float = 0.9
-    plateau_factor: float = 0.1
-    plateau_patience: int = 3
-    workers: int = 0
-    amp: str = "off"
-    channels_last: bool = False
-    sync_bn: bool = False
-    seed: int = 0
-    skip_bad_images: bool = False
-    progress: bool = True
 
 
 @dataclass
@@ -226,20 +185,24 @@ def evaluate(
             sums[1] += (top5 == labels[:, None]).any(dim=1).sum().double()
     model.train(was_training)
     totals = all_reduce_sum(torch.cat([confusion, sums]), context).cpu()
-    confusion_matrix = (
-        totals[: num_classes * num_classes].round().long().view(num_classes, num_classes)
-    )
-    count = int(confusion_matrix.sum())
-    loss_sum, top5_hits, skipped_total = totals[num_classes * num_classes :].tolist()
+    return _eval_result(totals, num_classes, description)
+
+
+def _eval_result(totals: torch.Tensor, num_classes: int, description: str) -> EvalResult:
+    """EvalResult from the summed (confusion counts, loss sum, top-5 hits, skipped) vector."""
+    confusion = totals[: num_classes * num_classes].round().long().view(num_classes, num_classes)
+    count = int(confusion.sum())
+    loss_sum, top5_hits, skipped = totals[num_classes * num_classes :].tolist()
     if count == 0:
-        raise UserInputError(f"{description}: no readable images to evaluate")
+        what = "all images are unreadable" if skipped else "the split is empty"
+        raise UserInputError(f"{description}: no images to evaluate ({what})")
     return EvalResult(
         count=count,
         loss=loss_sum / count,
-        top1=float(confusion_matrix.diag().sum()) / count,
+        top1=float(confusion.diag().sum()) / count,
         top5=top5_hits / count if num_classes > 5 else None,
-        confusion=confusion_matrix,
-        skipped=int(skipped_total),
+        confusion=confusion,
+        skipped=int(skipped),
     )
 
 
@@ -248,7 +211,7 @@ def _train_one_epoch(
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    config: StageConfig,
+    config: TrainConfig,
     context: DistributedContext,
     description: str,
     warned: set[str],
@@ -310,48 +273,257 @@ def _set_dataset_epoch(dataset: Dataset, epoch: int) -> None:
         set_epoch(epoch)
 
 
-def _epoch_state(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
-    scaler: torch.amp.GradScaler,
-    epoch: int,
-    history: list[dict[str, Any]],
-    best: tuple[int, float],
-    metadata: Mapping[str, Any],
-) -> dict[str, Any]:
-    return {
-        **metadata,
-        "kind": "epoch",
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng": capture_rng_state(),
-        "history": history,
-        "best_epoch": best[0],
-        "best_val_acc": best[1],
-    }
+def _check_distributed_options(config: TrainConfig, context: DistributedContext) -> None:
+    if config.batch_size % context.world_size:
+        raise UserInputError(
+            f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
+            f"number of processes ({context.world_size})"
+        )
+    if config.sync_bn and context.distributed and context.device.type != "cuda":
+        raise UserInputError("--sync-bn needs CUDA devices (torch's SyncBatchNorm is GPU-only)")
+
+
+def _prepare_model(
+    model: nn.Module, config: TrainConfig, stage: str, context: DistributedContext
+) -> nn.Module:
+    """Freeze for stage fc, convert to SyncBatchNorm if asked, move to the device and layout."""
+    model.set_backbone_frozen(stage == "fc")
+    if config.sync_bn and context.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(context.device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _data_parallel(model: nn.Module, context: DistributedContext) -> nn.Module:
+    # Without find_unused_parameters: in stage "fc" the frozen backbone's parameters do not
+    # require grad, so DDP does not track them, and every parameter it does track gets a grad.
+    if not context.distributed:
+        return model
+    device_ids = [context.device] if context.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _train_loader(
+    dataset: Dataset, config: TrainConfig, context: DistributedContext
+) -> tuple[DataLoader, DistributedSampler]:
+    sampler = DistributedSampler(
+        dataset,
+        num_replicas=context.world_size,
+        rank=context.rank,
+        shuffle=True,
+        seed=config.seed,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size // context.world_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        collate_fn=collate_images,
+        pin_memory=context.device.type == "cuda",
+        # Worker base seeds come from this generator, not from the global RNG.
+        generator=torch.Generator().manual_seed(derive_seed(config.seed, context.rank)),
+    )
+    return loader, sampler
+
+
+class _StageRun:
+    """The state of one stage while it trains: model, optimizer, schedule, history, best epoch.
+
+    The steps of :func:`train_stage`: set up (``__init__``, restoring a checkpoint if given),
+    then ``train_epoch`` and ``save_epoch`` for each remaining epoch, then ``test_best``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DataSplits,
+        config: TrainConfig,
+        stage: str,
+        directory: Path,
+        context: DistributedContext,
+        metadata: Mapping[str, Any],
+        resume_from: Mapping[str, Any] | None,
+    ) -> None:
+        self.model = _prepare_model(model, config, stage, context)
+        self.data, self.config, self.stage = data, config, stage
+        self.directory, self.context, self.metadata = directory, context, dict(metadata)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(
+            trainable,
+            lr=config.lr[stage],
+            momentum=config.momentum,
+            weight_decay=config.weight_decay[stage],
+        )
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer,
+            mode="max",
+            factor=config.plateau_factor,
+            patience=config.plateau_patience,
+        )
+        self.scaler = torch.amp.GradScaler(context.device.type, enabled=config.amp == "fp16")
+        self.epochs = config.epochs[stage]
+        self.start_epoch, self.history, self.best = 0, [], (0, -1.0)
+        if resume_from is not None:
+            self._restore(resume_from)
+        self.trained_model = _data_parallel(self.model, context)
+        self.loader, self.sampler = _train_loader(data.train, config, context)
+        self.warned: set[str] = set()
+        self.summary = {
+            **self.metadata,
+            "stage": stage,
+            "train_config": config.stage_options(stage),
+        }
+
+    def evaluate(self, dataset: Dataset, description: str) -> EvalResult:
+        config = self.config
+        return evaluate(
+            self.model,
+            dataset,
+            num_classes=len(self.data.classes),
+            context=self.context,
+            batch_size=config.batch_size // self.context.world_size,
+            workers=config.workers,
+            amp=config.amp,
+            channels_last=config.channels_last,
+            skip_bad_images=config.skip_bad_images,
+            description=description,
+            progress=config.progress,
+        )
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a loaded epoch checkpoint of this stage."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.best = (int(state["best_epoch"]), float(state["best_val_acc"]))
+
+    def train_epoch(self, epoch: int) -> tuple[dict[str, Any], bool]:
+        """Train and validate epoch ``epoch`` (0-based); its history row and whether it is best."""
+        started = time.perf_counter()
+        self.sampler.set_epoch(epoch)
+        _set_dataset_epoch(self.data.train, epoch)
+        label = f"{self.stage} {epoch + 1}/{self.epochs}"
+        train_loss, train_acc = _train_one_epoch(
+            self.trained_model,
+            self.loader,
+            self.optimizer,
+            self.scaler,
+            self.config,
+            self.context,
+            f"{label} train",
+            self.warned,
+        )
+        lr = self.optimizer.param_groups[0]["lr"]
+        if not math.isfinite(train_loss):
+            raise TrainingError(
+                f"stage {self.stage}, epoch {epoch + 1}: the training loss is {train_loss}; the "
+                f"run diverged. Lower --lr (it was {lr:g}) or use --amp off; the last good "
+                "checkpoint is kept"
+            )
+        val = self.evaluate(self.data.val, f"{label} val")
+        self.scheduler.step(val.top1)
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val.loss,
+            "val_acc": val.top1,
+            "seconds": time.perf_counter() - started,
+        }
+        self.history.append(row)
+        improved = val.top1 > self.best[1]
+        if improved:
+            self.best = (epoch + 1, val.top1)
+        return row, improved
+
+    def save_epoch(self, row: Mapping[str, Any], improved: bool) -> None:
+        """Rank 0: best.pt (if improved), the epoch checkpoint, metrics, curves, one log line."""
+        epoch = row["epoch"]
+        if improved:
+            best = {"kind": "best", "epoch": epoch, "val_acc": row["val_acc"]}
+            save_best({**self.metadata, **best, "model": self.model.state_dict()}, self.directory)
+        save_checkpoint(self._checkpoint_state(epoch), self.directory, epoch)
+        write_metrics(self.directory, self.history, self._summary())
+        plot_training_curves(self.history, self.directory / "curves.png")
+        logger.info(
+            "%s %d/%d  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  lr %.3g  %.1fs%s",
+            self.stage,
+            epoch,
+            self.epochs,
+            row["train_loss"],
+            100 * row["train_acc"],
+            row["val_loss"],
+            100 * row["val_acc"],
+            row["lr"],
+            row["seconds"],
+            "  (best)" if improved else "",
+        )
+
+    def _checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        return {
+            **self.metadata,
+            "kind": "epoch",
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng_state(),
+            "history": self.history,
+            "best_epoch": self.best[0],
+            "best_val_acc": self.best[1],
+        }
+
+    def _summary(self, **extra: Any) -> dict[str, Any]:
+        return {**self.summary, "best_epoch": self.best[0], "best_val_acc": self.best[1], **extra}
+
+    def test_best(self) -> StageResult:
+        """Load the best epoch's weights, evaluate the test split once, write metrics.json."""
+        self.model.load_state_dict(load_checkpoint(self.directory / BEST_NAME)["model"])
+        test = self.evaluate(self.data.test, f"{self.stage} test")
+        if self.context.is_main:
+            write_metrics(
+                self.directory, self.history, self._summary(test=test.as_dict(self.data.classes))
+            )
+            logger.info(
+                "stage %s: best val accuracy %.2f%% (epoch %d); test accuracy %.2f%% (%d images)",
+                self.stage,
+                100 * self.best[1],
+                self.best[0],
+                100 * test.top1,
+                test.count,
+            )
+        barrier(self.context)
+        return StageResult(self.stage, self.directory, self.history, *self.best, test)
 
 
 def train_stage(
     model: nn.Module,
     data: DataSplits,
-    config: StageConfig,
+    config: TrainConfig,
+    stage: str,
     directory: str | Path,
     context: DistributedContext,
     *,
     resume_from: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> StageResult:
-    """Train one stage, checkpointing every epoch into ``directory``; test the best epoch.
+    """Train stage ``stage`` of ``config``, checkpointing every epoch; test the best epoch.
 
     Args:
         model: a BilinearCNN or GlobalPoolCNN (CPU, initialised); frozen here for stage "fc".
         data: train / val / test datasets; val drives the LR schedule and picks the best epoch,
             test is evaluated once, at the end, with the best epoch's weights.
-        config: the stage's hyperparameters; ``batch_size`` is split evenly over ranks.
+        config: the run's options; this stage's epochs, lr and weight decay come from its
+            per-stage maps. ``batch_size`` is split evenly over ranks.
+        stage: "fc" (backbone frozen) or "all".
         directory: the stage folder (checkpoints, best.pt, metrics.json/csv, curves.png).
         context: rank, world size and device; only rank 0 writes files and shows progress.
         resume_from: a loaded epoch checkpoint of this stage to continue from.
@@ -362,169 +534,15 @@ def train_stage(
         UserInputError: a global batch that the ranks cannot share evenly, unreadable images.
         TrainingError: a non-finite training loss.
     """
-    directory = Path(directory)
-    metadata = dict(metadata or {})
-    if config.batch_size % context.world_size:
-        raise UserInputError(
-            f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
-            f"number of processes ({context.world_size})"
-        )
-    if config.sync_bn and context.distributed and context.device.type != "cuda":
-        raise UserInputError("--sync-bn needs CUDA devices (torch's SyncBatchNorm is GPU-only)")
-    per_rank_batch = config.batch_size // context.world_size
-    num_classes = len(data.classes)
-
-    model.set_backbone_frozen(config.stage == "fc")
-    if config.sync_bn and context.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(context.device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.SGD(
-        trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    _check_distributed_options(config, context)
+    run = _StageRun(
+        model, data, config, stage, Path(directory), context, metadata or {}, resume_from
     )
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience
-    )
-    scaler = torch.amp.GradScaler(context.device.type, enabled=config.amp == "fp16")
-    start_epoch, history, best = 0, [], (0, -1.0)
-    if resume_from is not None:
-        model.load_state_dict(resume_from["model"])
-        optimizer.load_state_dict(resume_from["optimizer"])
-        scheduler.load_state_dict(resume_from["scheduler"])
-        scaler.load_state_dict(resume_from["scaler"])
-        restore_rng_state(resume_from["rng"])
-        start_epoch = int(resume_from["epoch"])
-        history = list(resume_from["history"])
-        best = (int(resume_from["best_epoch"]), float(resume_from["best_val_acc"]))
-
-    # Without find_unused_parameters: in stage "fc" the frozen backbone's parameters do not
-    # require grad, so DDP does not track them, and every parameter it does track gets a grad.
-    trained_model = (
-        DistributedDataParallel(
-            model, device_ids=[context.device] if context.device.type == "cuda" else None
-        )
-        if context.distributed
-        else model
-    )
-    sampler = DistributedSampler(
-        data.train,
-        num_replicas=context.world_size,
-        rank=context.rank,
-        shuffle=True,
-        seed=config.seed,
-    )
-    loader = DataLoader(
-        data.train,
-        batch_size=per_rank_batch,
-        sampler=sampler,
-        num_workers=config.workers,
-        collate_fn=collate_images,
-        pin_memory=context.device.type == "cuda",
-        # Worker base seeds come from this generator, not from the global RNG.
-        generator=torch.Generator().manual_seed(derive_seed(config.seed, context.rank)),
-    )
-    eval_options = {
-        "num_classes": num_classes,
-        "context": context,
-        "batch_size": per_rank_batch,
-        "workers": config.workers,
-        "amp": config.amp,
-        "channels_last": config.channels_last,
-        "skip_bad_images": config.skip_bad_images,
-        "progress": config.progress,
-    }
-    summary = {**metadata, "stage": config.stage, "train_config": asdict(config)}
-    warned: set[str] = set()
-    if start_epoch >= config.epochs and context.is_main:
-        logger.info(
-            "stage %s: all %d epochs already done in %s", config.stage, config.epochs, directory
-        )
-    for epoch in range(start_epoch, config.epochs):
-        started = time.perf_counter()
-        sampler.set_epoch(epoch)
-        _set_dataset_epoch(data.train, epoch)
-        label = f"{config.stage} {epoch + 1}/{config.epochs}"
-        train_loss, train_acc = _train_one_epoch(
-            trained_model, loader, optimizer, scaler, config, context, f"{label} train", warned
-        )
-        if not math.isfinite(train_loss):
-            raise TrainingError(
-                f"stage {config.stage}, epoch {epoch + 1}: the training loss is {train_loss}; "
-                f"the run diverged. Lower --lr (it was {optimizer.param_groups[0]['lr']:g}) or "
-                "use --amp off; the last good checkpoint is kept"
-            )
-        val = evaluate(model, data.val, description=f"{label} val", **eval_options)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step(val.top1)
-        row = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val.loss,
-            "val_acc": val.top1,
-            "seconds": time.perf_counter() - started,
-        }
-        history.append(row)
-        improved = val.top1 > best[1]
-        if improved:
-            best = (epoch + 1, val.top1)
+    if run.start_epoch >= run.epochs and context.is_main:
+        logger.info("stage %s: all %d epochs already done in %s", stage, run.epochs, directory)
+    for epoch in range(run.start_epoch, run.epochs):
+        row, improved = run.train_epoch(epoch)
         if context.is_main:
-            if improved:
-                save_best(
-                    {
-                        **metadata,
-                        "kind": "best",
-                        "epoch": epoch + 1,
-                        "val_acc": val.top1,
-                        "model": model.state_dict(),
-                    },
-                    directory,
-                )
-            state = _epoch_state(
-                model, optimizer, scheduler, scaler, epoch + 1, history, best, metadata
-            )
-            save_checkpoint(state, directory, epoch + 1)
-            write_metrics(
-                directory, history, {**summary, "best_epoch": best[0], "best_val_acc": best[1]}
-            )
-            plot_training_curves(history, directory / "curves.png")
-            logger.info(
-                "%s  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  lr %.3g  %.1fs%s",
-                label,
-                train_loss,
-                100 * train_acc,
-                val.loss,
-                100 * val.top1,
-                lr,
-                row["seconds"],
-                "  (best)" if improved else "",
-            )
+            run.save_epoch(row, improved)
         barrier(context)
-
-    best_state = load_checkpoint(directory / BEST_NAME)
-    model.load_state_dict(best_state["model"])
-    test = evaluate(model, data.test, description=f"{config.stage} test", **eval_options)
-    if context.is_main:
-        write_metrics(
-            directory,
-            history,
-            {
-                **summary,
-                "best_epoch": best[0],
-                "best_val_acc": best[1],
-                "test": test.as_dict(data.classes),
-            },
-        )
-        logger.info(
-            "stage %s: best val accuracy %.2f%% (epoch %d); test accuracy %.2f%% (%d images)",
-            config.stage,
-            100 * best[1],
-            best[0],
-            100 * test.top1,
-            test.count,
-        )
-    barrier(context)
-    return StageResult(config.stage, directory, history, best[0], best[1], test)
+    return run.test_best()

@@ -80,6 +80,8 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path)
     accuracy_axis.plot(epochs, [row["val_acc"] for row in history], "o-", label="validation")
     accuracy_axis.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy", ylim=(0, 1))
     for axis in (loss_axis, accuracy_axis):
+        # Epochs are whole numbers: no 2.5 on the axis.
+        axis.xaxis.get_major_locator().set_params(integer=True)
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()

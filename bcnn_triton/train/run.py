@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from bcnn_triton.data import DataConfig, DataSplits, build_datasets
+from bcnn_triton.config import RESUME_MODES, TrainConfig
+from bcnn_triton.data import DataSplits, build_datasets
 from bcnn_triton.errors import UserInputError
-from bcnn_triton.models import WeightsUnavailableError, create_model, model_from_config
+from bcnn_triton.models import create_model, model_from_config
 from bcnn_triton.train.checkpoint import (
     BEST_NAME,
     CheckpointError,
@@ -30,57 +32,22 @@ from bcnn_triton.train.checkpoint import (
     load_latest_checkpoint,
 )
 from bcnn_triton.train.distributed import DistributedContext
-from bcnn_triton.train.engine import STAGE_DEFAULTS, STAGES, StageConfig, StageResult, train_stage
+from bcnn_triton.train.engine import StageResult, train_stage
 
 __all__ = ["RESUME_MODES", "TrainConfig", "build_model", "load_model", "run_training"]
 
 logger = logging.getLogger(__name__)
 
-#: "never": refuse an ``out`` that already holds checkpoints; "required": continue from them
-#: (error if none); "auto": continue if there are any, else start fresh (for torchrun restarts).
-RESUME_MODES = ("never", "required", "auto")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs. ``epochs``/``lr``/``weight_decay`` map stage → value.
-
-    ``init``: weights (a best.pt or checkpoint) for stage "all" when it runs without stage "fc"
-    in the same call; by default ``out/fc/best.pt``.
-    """
-
-    data: DataConfig
-    out: Path
-    head: str = "bilinear"
-    backbone: str = "tiny"
-    weights: str | None = None
-    reduce_dim: int | None = None
-    stages: tuple[str, ...] = STAGES
-    epochs: dict[str, int] = field(default_factory=lambda: {"fc": 10, "all": 10})
-    lr: dict[str, float] = field(
-        default_factory=lambda: {stage: d["lr"] for stage, d in STAGE_DEFAULTS.items()}
-    )
-    weight_decay: dict[str, float] = field(
-        default_factory=lambda: {stage: d["weight_decay"] for stage, d in STAGE_DEFAULTS.items()}
-    )
-    batch_size: int = 32
-    workers: int = 0
-    amp: str = "off"
-    channels_last: bool = False
-    sync_bn: bool = False
-    plateau_patience: int = 3
-    seed: int = 0
-    skip_bad_images: bool = False
-    resume: str = "never"
-    init: Path | None = None
-    progress: bool = True
-
 
 def build_model(head: str, **kwargs: Any) -> nn.Module:
-    """``create_model`` with the model's argument errors turned into UserInputError."""
+    """``create_model`` with the model's argument errors turned into UserInputError.
+
+    Weights that cannot be had (WeightsUnavailableError) already are a UserInputError, with its
+    command-line wording.
+    """
     try:
         return create_model(head, **kwargs)
-    except (ValueError, TypeError, WeightsUnavailableError) as error:
+    except (ValueError, TypeError) as error:
         raise UserInputError(str(error)) from None
 
 
@@ -97,24 +64,6 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
         raise CheckpointError(f"checkpoint {path} does not hold a usable model: {error}") from None
     return model, state
-
-
-def _stage_config(config: TrainConfig, stage: str) -> StageConfig:
-    return StageConfig(
-        stage=stage,
-        epochs=config.epochs[stage],
-        lr=config.lr[stage],
-        weight_decay=config.weight_decay[stage],
-        batch_size=config.batch_size,
-        plateau_patience=config.plateau_patience,
-        workers=config.workers,
-        amp=config.amp,
-        channels_last=config.channels_last,
-        sync_bn=config.sync_bn,
-        seed=config.seed,
-        skip_bad_images=config.skip_bad_images,
-        progress=config.progress,
-    )
 
 
 def _check_resume(config: TrainConfig) -> None:
@@ -149,20 +98,52 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def _stage_model(
+    config: TrainConfig,
+    stage: str,
+    wanted: Mapping[str, Any],
+    previous: StageResult | None,
+    context: DistributedContext,
+) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The model a stage starts with, and the checkpoint it resumes from (None: a fresh start).
+
+    ``wanted``: head, backbone, num_classes and reduce_dim of this run's model.
+
+    Resuming: the stage's newest loadable checkpoint. Otherwise stage fc builds a new model
+    (seeded), and stage all loads the fc stage's best weights (or ``config.init``).
+    """
+    directory = config.out / stage
+    found = load_latest_checkpoint(directory) if config.resume != "never" else None
+    if found is not None:
+        resume_state, path = found
+        check_compatible(resume_state["model_config"], wanted, path)
+        if context.is_main:
+            logger.info("stage %s: resuming from %s (epoch %d)", stage, path, resume_state["epoch"])
+        return model_from_config(resume_state["model_config"]), resume_state
+    _seed_everything(config.seed)
+    if stage != "all":
+        return build_model(**wanted, weights=config.model_weights()), None
+    source = _initial_weights(config, stage, previous)
+    model, init_state = load_model(source)
+    check_compatible(init_state["model_config"], wanted, source)
+    if context.is_main:
+        logger.info("stage all: starting from %s", source)
+    return model, None
+
+
 def run_training(config: TrainConfig, context: DistributedContext) -> list[StageResult]:
     """Run ``config.stages`` in order and return their results (test accuracy of each).
 
     Raises:
-        UserInputError: bad data, model options, init weights or resume state.
+        UserInputError: bad options, data, model options, init weights or resume state.
     """
-    if config.resume not in RESUME_MODES:
-        raise ValueError(f"resume must be one of {', '.join(RESUME_MODES)}; got {config.resume!r}")
+    config.check()
     _check_resume(config)
     data: DataSplits = build_datasets(config.data)
     wanted = {
+        "head": config.head,
         "backbone": config.backbone,
         "num_classes": data.num_classes,
-        "weights": config.weights,
         "reduce_dim": config.reduce_dim,
     }
     metadata = {
@@ -187,36 +168,16 @@ def run_training(config: TrainConfig, context: DistributedContext) -> list[Stage
         )
     results: list[StageResult] = []
     for stage in config.stages:
-        directory = config.out / stage
-        found = load_latest_checkpoint(directory) if config.resume != "never" else None
-        if found is not None:
-            resume_state, path = found
-            model = model_from_config(resume_state["model_config"])
-            check_compatible(resume_state["model_config"], {"head": config.head, **wanted}, path)
-            if context.is_main:
-                logger.info(
-                    "stage %s: resuming from %s (epoch %d)", stage, path, resume_state["epoch"]
-                )
-        else:
-            resume_state = None
-            _seed_everything(config.seed)
-            if stage == "all":
-                source = _initial_weights(config, stage, results[-1] if results else None)
-                model, init_state = load_model(source)
-                check_compatible(
-                    init_state["model_config"], {"head": config.head, **wanted}, source
-                )
-                if context.is_main:
-                    logger.info("stage all: starting from %s", source)
-            else:
-                model = build_model(config.head, **wanted)
+        previous = results[-1] if results else None
+        model, resume_state = _stage_model(config, stage, wanted, previous, context)
         stage_metadata = {**metadata, "model_config": model.config, "head": config.head}
         results.append(
             train_stage(
                 model,
                 data,
-                _stage_config(config, stage),
-                directory,
+                config,
+                stage,
+                config.out / stage,
                 context,
                 resume_from=resume_state,
                 metadata=stage_metadata,

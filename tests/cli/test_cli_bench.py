@@ -6,7 +6,7 @@ from bcnn_triton.cli import main
 
 
 def test_bench_table_on_cpu(capsys):
-    args = ["bench", "-N", "2", "-C", "8", "-H", "4", "-W", "3", "--repeats", "2", "--warmup", "1"]
+    args = ["bench", "-N", "2", "-C", "8", "-H", "4", "-W", "3", "--min-run-time", "0.01"]
     assert main([*args, "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("bilinear pool  N=2 C=8 HxW=4x3 float32 on cpu")

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
+import urllib.error
 
 import pytest
+import torch
 from data.image_trees import make_cub, make_folder, write_corrupt
 
 from bcnn_triton.cli import main
 
 
-def fails(args: list[str], capsys) -> str:
-    """Run ``main(args)``; assert status 2 and a traceback-free stderr; return stderr."""
+def fails(args: list[str], capsys, *, after_logs: bool = False) -> str:
+    """Run ``main(args)``; assert status 2 and one line ``error: ...``, no traceback; return stderr.
+
+    ``after_logs``: the run got going (progress lines may come first); the error is the last line.
+    """
+    capsys.readouterr()  # what earlier commands of the test printed
     try:
         status = main(args)
     except SystemExit as exit_info:  # argparse's own usage errors
@@ -20,6 +27,9 @@ def fails(args: list[str], capsys) -> str:
     stderr = capsys.readouterr().err
     assert status == 2, stderr
     assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith("error: "), stderr
+    assert after_logs or len(lines) == 1, stderr
     return stderr
 
 
@@ -44,7 +54,7 @@ def test_corrupt_image_is_named(tmp_path, capsys, tiny_train_args):
     make_folder(tmp_path / "test", classes=2, per_class=1)
     bad = write_corrupt(tmp_path / "train" / "c0" / "img_0.png")
     args = ["train", "--data", str(tmp_path), "--backbone", "tiny", "--out", str(tmp_path / "o")]
-    stderr = fails([*args, *tiny_train_args], capsys)
+    stderr = fails([*args, *tiny_train_args], capsys, after_logs=True)
     assert f"error: cannot read image {bad}" in stderr and "--skip-bad-images" in stderr
 
 
@@ -68,10 +78,62 @@ def test_skip_bad_images_finishes_the_run(tmp_path, capsys, tiny_train_args):
         (["--epochs", "1", "2", "3", "--stage", "both"], "--epochs takes one value, or one"),
         (["--stage", "fc", "--init", "x.pt"], "--init gives stage all its starting weights"),
         (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--weight-decay", "-1"], "argument --weight-decay: must be >= 0, got -1.0"),
+        (["--lr", "nan"], "argument --lr: expected a finite number, got 'nan'"),
+        (["--head", "max"], "argument --head: invalid choice: 'max'"),
     ],
 )
 def test_bad_flags(args, message, capsys):
-    assert message in fails(["train", *args], capsys)
+    stderr = fails(["train", *args], capsys)
+    assert message in stderr
+    if message.startswith("argument"):  # argparse's own errors, in one line, point to --help
+        assert stderr.rstrip().endswith("(see: bcnn-triton train --help)")
+
+
+@pytest.mark.parametrize(
+    ("size", "backbone", "minimum"),
+    [("0", "tiny", 8), ("4", "tiny", 8), ("-3", "resnet18", 8), ("8", "vgg16", 16)],
+)
+def test_image_size_below_the_backbones_minimum(tmp_path, capsys, size, backbone, minimum):
+    out = tmp_path / "run"
+    args = ["train", "--image-size", size, "--backbone", backbone, "--weights", "none"]
+    stderr = fails([*args, "--out", str(out)], capsys)
+    assert stderr == (
+        f"error: --image-size must be at least {minimum} for backbone {backbone}; got {size}\n"
+    )
+    assert not out.exists()
+
+
+def test_synthetic_validation_split_empty(tmp_path, capsys):
+    args = ["train", "--num-classes", "50", "--train-size", "40", "--out", str(tmp_path / "o")]
+    stderr = fails(args, capsys)
+    assert "the validation split is empty" in stderr
+    assert "--train-size 100 or more, or fewer --num-classes" in stderr
+
+
+def test_data_path_is_a_file(tmp_path, capsys):
+    listing = tmp_path / "afile.txt"
+    listing.write_text("not a dataset")
+    stderr = fails(["train", "--data", str(listing)], capsys)
+    assert (
+        stderr == f"error: --data {listing} is a file, not a folder; pass the folder that "
+        "holds the dataset\n"
+    )
+    assert listing.read_text() == "not a dataset"
+
+
+def test_offline_weights_hint_uses_the_flags(tmp_path, capsys, monkeypatch, tiny_train_args):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+    def download_fails(url, destination, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download_fails)
+    args = ["train", "--backbone", "resnet18", "--weights", "DEFAULT", "--head", "gap"]
+    stderr = fails([*args, "--out", str(tmp_path / "o"), *tiny_train_args], capsys, after_logs=True)
+    assert "could not be had offline" in stderr
+    assert "--weights /path/to/resnet18-f37072fd.pth (or --weights none" in stderr
+    assert 'weights="' not in stderr
 
 
 def test_resume_without_checkpoint(tmp_path, capsys):
@@ -91,7 +153,9 @@ def test_checkpoint_from_another_backbone_or_head(tmp_path, capsys, tiny_train_a
     gap = tmp_path / "gap"
     assert main(["train", "--out", str(gap), "--head", "gap", *tiny_train_args]) == 0
     args = ["train", "--out", str(tmp_path / "b"), "--head", "bilinear", "--stage", "all"]
-    stderr = fails([*args, "--init", str(gap / "fc" / "best.pt"), *tiny_train_args], capsys)
+    stderr = fails(
+        [*args, "--init", str(gap / "fc" / "best.pt"), *tiny_train_args], capsys, after_logs=True
+    )
     assert "was made for another model: head 'gap' (checkpoint) vs 'bilinear'" in stderr
 
 
@@ -109,6 +173,23 @@ def test_truncated_checkpoint_is_reported(tmp_path, capsys, tiny_train_args):
     best = out / "fc" / "best.pt"
     best.write_bytes(best.read_bytes()[:500])
     assert f"checkpoint {best} is truncated or corrupt" in fails(["eval", str(best)], capsys)
+
+
+@pytest.mark.parametrize("content", ["bytes", "pickle", "torch-object"])
+def test_foreign_file_is_not_our_checkpoint(tmp_path, capsys, content):
+    path = tmp_path / "model.pt"
+    if content == "bytes":
+        path.write_bytes(b"not a checkpoint at all")
+    elif content == "pickle":
+        path.write_bytes(pickle.dumps({"x": 1}))
+    else:
+        torch.save(torch.nn.Linear(2, 2), path)
+    before = path.read_bytes()
+    stderr = fails(["eval", str(path)], capsys)
+    assert f"checkpoint {path} is truncated or corrupt, or not a bcnn-triton checkpoint" in stderr
+    # torch's own message advises weights_only=False: running code from an unknown file.
+    assert "weights_only" not in stderr
+    assert path.read_bytes() == before
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli.conftest import TINY_TRAIN
 
 from bcnn_triton.cli import main
 
@@ -45,3 +46,45 @@ def test_the_same_test_accuracy_as_training_reported(trained_run):
 def test_validation_split(trained_run):
     assert main(["eval", str(trained_run), "--split", "val", "--out", str(trained_run / "v")]) == 0
     assert json.loads((trained_run / "v" / "metrics.json").read_text())["count"] == 12
+
+
+@pytest.fixture(scope="module")
+def two_head_run(tmp_path_factory):
+    """The demo's layout: one run folder holding bilinear/ and gap/ (shared by the tests)."""
+    out = tmp_path_factory.mktemp("eval") / "demo"
+    assert main(["train", "--out", str(out), *TINY_TRAIN]) == 0
+    return out
+
+
+def test_run_folder_of_several_heads_evaluates_each(two_head_run, capsys):
+    capsys.readouterr()
+    assert main(["eval", str(two_head_run), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[:2]] == [
+        str(two_head_run / head / "fc" / "best.pt") for head in ("bilinear", "gap")
+    ]
+    assert all("top-1" in line for line in lines[:2])
+    assert lines[2].startswith("written: ") and len(lines) == 3
+    for head in ("bilinear", "gap"):
+        training = json.loads((two_head_run / head / "fc" / "metrics.json").read_text())["test"]
+        evaluated = json.loads(
+            (two_head_run / head / "fc" / "eval-test" / "metrics.json").read_text()
+        )
+        assert evaluated["top1"] == training["top1"]
+
+
+def test_head_option_picks_one_head(two_head_run, capsys):
+    capsys.readouterr()
+    out = two_head_run / "eval"
+    assert main(["eval", str(two_head_run), "--head", "gap", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(str(two_head_run / "gap" / "fc" / "best.pt"))
+    assert (out / "gap" / "metrics.json").is_file() and not (out / "bilinear").exists()
+
+
+def test_unknown_head_names_the_heads_found(two_head_run, capsys):
+    capsys.readouterr()
+    assert main(["eval", str(two_head_run), "--head", "isqrt"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --head isqrt: {two_head_run} holds the heads bilinear, gap\n"
+    )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import subprocess
 import sys
 
 import pytest
 
 from bcnn_triton.cli import main
+from bcnn_triton.train import engine
 
 
 def test_both_heads_and_the_comparison_table(tmp_path, capsys, tiny_train_args):
@@ -67,3 +70,67 @@ def test_python_dash_m(tmp_path, tiny_train_args):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[2].split()[0] == "gap"
     assert "stage fc: best val accuracy" in result.stderr
+
+
+def interrupt_at(monkeypatch, head: str, epoch: int) -> None:
+    """Ctrl-C when ``head`` is about to train epoch ``epoch`` (0-based)."""
+    train_epoch = engine._StageRun.train_epoch
+
+    def train_or_interrupt(run, current_epoch):
+        if run.config.head == head and current_epoch == epoch:
+            raise KeyboardInterrupt
+        return train_epoch(run, current_epoch)
+
+    monkeypatch.setattr(engine._StageRun, "train_epoch", train_or_interrupt)
+
+
+def interrupted(args: list[str], capsys) -> str:
+    """Run ``main(args)``, expect Ctrl-C's status 130 and one line on stderr; return it."""
+    capsys.readouterr()
+    assert main(args) == 130
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "interrupted" in line]
+    return line
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_the_command_that_continues(tmp_path, capsys, monkeypatch, tiny_train_args):
+    out = tmp_path / "demo"
+    args = ["train", "--out", str(out), *tiny_train_args, "--epochs", "2"]
+    interrupt_at(monkeypatch, "gap", 1)
+    line = interrupted(args, capsys)
+    command = line.split("interrupted: continue with: ", 1)[1]
+    assert command.startswith("bcnn-triton train ") and command.endswith(f"--out {out} --resume")
+    bilinear_history = json.loads((out / "bilinear" / "fc" / "metrics.json").read_text())
+    assert (out / "gap" / "fc" / "checkpoint-0001.pt").is_file()  # nothing lost
+
+    monkeypatch.undo()
+    assert main(shlex.split(command)[1:]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [row.split()[0] for row in table[2:4]] == ["bilinear", "gap"]
+    gap = json.loads((out / "gap" / "fc" / "metrics.json").read_text())
+    assert [row["epoch"] for row in gap["epochs"]] == [1, 2]
+    # The finished head was not trained again.
+    bilinear = json.loads((out / "bilinear" / "fc" / "metrics.json").read_text())
+    assert bilinear["epochs"] == bilinear_history["epochs"]
+
+
+def test_ctrl_c_before_any_checkpoint(tmp_path, capsys, monkeypatch, tiny_train_args):
+    interrupt_at(monkeypatch, "gap", 0)
+    args = ["train", "--out", str(tmp_path / "run"), "--head", "gap", *tiny_train_args]
+    line = interrupted(args, capsys)
+    assert line == (
+        "interrupted: no epoch had finished, so nothing was saved to resume; run the command again"
+    )
+
+
+def test_parser_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from bcnn_triton.cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = ('torch', 'torchvision', 'triton', 'numpy')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -468,3 +468,11 @@ def test_models_are_modules_exported_at_the_top():
     assert bcnn_triton.BilinearCNN is BilinearCNN
     assert "BilinearCNN" in bcnn_triton.__all__
     assert isinstance(BilinearCNN("tiny", 2), nn.Module)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_every_registered_head_builds_and_names_itself(head):
+    model = create_model(head, backbone="tiny", num_classes=3, reduce_dim=8)
+    assert model.config["head"] == head
+    assert model_from_config(model.config).config == model.config
+    assert model(torch.rand(2, 3, 16, 16)).shape == (2, 3)

@@ -35,6 +35,7 @@ def tiny_config(tmp_path: Path) -> Callable[..., TrainConfig]:
             "stages": ("fc",),
             "epochs": {"fc": 2, "all": 2},
             "batch_size": 8,
+            "workers": 0,
             "progress": False,
         }
         return TrainConfig(**{**options, **overrides})

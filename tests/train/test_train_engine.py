@@ -150,3 +150,17 @@ def test_without_matplotlib_the_plots_are_skipped(tiny_config, cpu, monkeypatch,
     assert (result.directory / "metrics.json").is_file()
     notices = [r for r in caplog.records if "matplotlib is not installed" in r.getMessage()]
     assert len(notices) == 1
+
+
+def test_curves_have_whole_epoch_ticks(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(reports, "_save_figure", lambda figure, path: figures.append(figure))
+    history = [
+        {"epoch": e, "train_loss": 1.0, "val_loss": 1.0, "train_acc": 0.5, "val_acc": 0.5}
+        for e in range(1, 5)
+    ]
+    assert reports.plot_training_curves(history, tmp_path / "curves.png")
+    [figure] = figures
+    for axis in figure.axes:
+        ticks = [tick for tick in axis.get_xticks() if 1 <= tick <= 4]
+        assert ticks and all(tick == int(tick) for tick in ticks), ticks
