@@ -148,6 +148,9 @@ def _matrix_sqrt_op(
     root = newton_schulz_torch(a_hat, iterations).mul_(scale.sqrt().view(-1, 1, 1))
     if triu:
         root = root.flatten(1)[:, _triu_flat_index(a.shape[1], a.device)]
+    else:
+        # Exactly symmetric, as the Triton path: the upper triangle and its mirror.
+        root = root.triu().add_(root.triu(1).transpose(1, 2))
     return root.to(a.dtype)
 
 
