@@ -75,6 +75,7 @@ class HeadSpec:
 
 HEAD_SPECS: dict[str, HeadSpec] = {
     "bilinear": HeadSpec("bcnn_triton.models.bilinear_cnn:BilinearCNN", "Gram, signed sqrt, L2"),
+    "isqrt": HeadSpec("bcnn_triton.models.isqrt_cov_cnn:ISqrtCovCNN", "covariance, matrix sqrt"),
     "gap": HeadSpec("bcnn_triton.models.global_pool_cnn:GlobalPoolCNN", "global average"),
 }
 #: Head names accepted by ``create_model`` and ``--head``.

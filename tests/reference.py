@@ -111,3 +111,21 @@ def spd_like(
     features = feature_like(num, channels, locations, dtype=torch.float64)
     centred = features - features.mean(dim=2, keepdim=True)
     return (centred @ centred.transpose(1, 2) / locations).to(dtype)
+
+
+def isqrt_cov_pool_reference(
+    x: torch.Tensor,
+    *,
+    iterations: int = 5,
+    center: bool = True,
+    triu: bool = True,
+    eps: float = 1e-10,
+) -> torch.Tensor:
+    """float64 iSQRT-COV of x (N, C, H, W) or (N, C, L): covariance by per-location outer
+    products of the centred features, then :func:`newton_schulz_sqrt_reference`; (N, D)."""
+    x64 = x.flatten(2).to(torch.float64)
+    if center:
+        x64 = x64 - x64.mean(dim=2, keepdim=True)
+    covariance = torch.einsum("nil,njl->nij", x64, x64) / x64.shape[2]
+    root = newton_schulz_sqrt_reference(covariance, iterations=iterations, eps=eps, triu=triu)
+    return root.reshape(root.shape[0], -1)
