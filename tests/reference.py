@@ -72,6 +72,17 @@ def feature_like(
     return features.to(dtype)
 
 
+def newton_schulz_polynomial_reference(a_hat: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Y after ``iterations`` coupled Newton–Schulz steps from Â (N, C, C), no normalization."""
+    three = 3.0 * torch.eye(a_hat.shape[1], dtype=a_hat.dtype, device=a_hat.device)
+    z = (three - a_hat) / 2
+    y = a_hat @ z
+    for _ in range(iterations - 1):
+        t = (three - z @ y) / 2
+        y, z = y @ t, t @ z
+    return y
+
+
 def newton_schulz_sqrt_reference(
     a: torch.Tensor, *, iterations: int = 5, eps: float = 1e-10, triu: bool = False
 ) -> torch.Tensor:
@@ -84,14 +95,8 @@ def newton_schulz_sqrt_reference(
     a64 = a.to(torch.float64)
     sym = (a64 + a64.transpose(1, 2)) / 2
     scale = torch.diagonal(sym, dim1=1, dim2=2).sum(dim=1) + eps
-    a_hat = sym / scale[:, None, None]
-    three = 3.0 * torch.eye(a.shape[1], dtype=torch.float64)
-    z = (three - a_hat) / 2
-    y = a_hat @ z
-    for _ in range(iterations - 1):
-        t = (three - z @ y) / 2
-        y, z = y @ t, t @ z
-    root = y * scale.sqrt()[:, None, None]
+    root = newton_schulz_polynomial_reference(sym / scale[:, None, None], iterations)
+    root = root * scale.sqrt()[:, None, None]
     if triu:
         rows, cols = torch.triu_indices(a.shape[1], a.shape[1])
         return root[:, rows, cols]

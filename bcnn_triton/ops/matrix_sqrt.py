@@ -26,7 +26,7 @@ import numbers
 import torch
 
 from bcnn_triton.ops.bilinear_pool import check_options, resolve_backend
-from bcnn_triton.ops.matrix_sqrt_torch import newton_schulz_tangent_torch, newton_schulz_torch
+from bcnn_triton.ops.matrix_sqrt_torch import newton_schulz_backward_torch, newton_schulz_torch
 from bcnn_triton.ops.torch_path import compute_dtype_for
 
 __all__ = ["check_iterations", "matrix_sqrt_newton_schulz", "triu_size"]
@@ -171,20 +171,15 @@ def _matrix_sqrt_backward_op(
 
         return matrix_sqrt_newton_schulz_bwd(grad, a, iterations=iterations, eps=eps, triu=triu)
     a_hat, scale = _normalized(a, eps)
-    tangent = _symmetric_gradient(grad.to(a_hat.dtype), triu)
-    root, grad_a = newton_schulz_tangent_torch(a_hat, tangent, iterations)
-    # The trace: s enters Â = S/s and the factor √s.
-    trace_term = torch.linalg.vecdot(tangent.flatten(1), root.flatten(1)) / 2
-    trace_term -= torch.linalg.vecdot(grad_a.flatten(1), a_hat.flatten(1))
-    grad_a.diagonal(dim1=1, dim2=2).add_(trace_term.unsqueeze(1))
+    tangent = _symmetric_gradient(grad.to(a_hat.dtype), triu, a.shape[1])
+    grad_a = newton_schulz_backward_torch(a_hat, tangent, iterations)
     return grad_a.div_(scale.sqrt().view(-1, 1, 1)).to(a.dtype)
 
 
-def _symmetric_gradient(grad: torch.Tensor, triu: bool) -> torch.Tensor:
+def _symmetric_gradient(grad: torch.Tensor, triu: bool, channels: int) -> torch.Tensor:
     """E = (G + Gᵀ)/2 as (N, C, C); with ``triu`` G holds the triangle's gradient, 0 below."""
     if triu:
-        num_samples, size = grad.shape
-        channels = round(((8 * size + 1) ** 0.5 - 1) / 2)
+        num_samples = grad.shape[0]
         full = grad.new_zeros((num_samples, channels * channels))
         full[:, _triu_flat_index(channels, grad.device)] = grad
         grad = full.view(num_samples, channels, channels)

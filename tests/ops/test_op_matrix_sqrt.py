@@ -7,9 +7,15 @@ import math
 
 import pytest
 import torch
-from reference import eigh_sqrt, newton_schulz_sqrt_reference, spd_like
+from reference import (
+    eigh_sqrt,
+    newton_schulz_polynomial_reference,
+    newton_schulz_sqrt_reference,
+    spd_like,
+)
 
 from bcnn_triton import matrix_sqrt_newton_schulz
+from bcnn_triton.ops.matrix_sqrt_torch import newton_schulz_tangent_torch
 
 # (N, C, L): covariances of C channels over L locations (rank < C when L <= C).
 SHAPES = [
@@ -100,6 +106,21 @@ def test_gradients_match_reference(shape, dtype, iterations, triu):
     # The function reads (A + Aᵀ)/2: its gradient is the symmetric part of the loop's.
     expected = (ref_a.grad + ref_a.grad.transpose(1, 2)) / 2
     assert_close_scaled(a.grad, expected, GRAD_TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 4), (2, 131, 150)], ids=["9-rank3", "131-panels"])
+def test_forward_mode_tangent_is_the_derivative(shape):
+    """The torch path's backward on CUDA: the iteration run beside its tangent."""
+    a = spd_like(*shape, dtype=torch.float64)
+    a_hat = a / a.diagonal(dim1=1, dim2=2).sum(dim=1)[:, None, None]
+    direction = torch.randn_like(a)
+    direction = direction + direction.transpose(1, 2)
+    root, tangent = newton_schulz_tangent_torch(a_hat, direction, 5)
+    _, expected = torch.autograd.functional.jvp(
+        lambda m: newton_schulz_polynomial_reference(m, 5), a_hat, direction
+    )
+    torch.testing.assert_close(root, newton_schulz_polynomial_reference(a_hat, 5))
+    torch.testing.assert_close(tangent, expected)
 
 
 @pytest.mark.parametrize("triu", [False, True], ids=["full", "triu"])
