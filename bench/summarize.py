@@ -2,7 +2,7 @@
 
     python bench/summarize.py RESULTS.json [--out DIR]
 
-One record per case (mode, dtype, N, C, L) with, for each implementation, its median ``ms``
+One record per case (op, mode, dtype, N, C, L) with, for each implementation, its median ``ms``
 and ``peak_mb`` (GPU) or ``saved_mb`` (CPU), and the case's ``floor_ms`` where known. GPU
 timings come from CUDA events (``extra_info["ms"]``), CPU ones from pytest-benchmark's median.
 """
@@ -13,15 +13,15 @@ import argparse
 import json
 from pathlib import Path
 
-CASE_KEYS = ("mode", "dtype", "N", "C", "L")
-IMPL_ORDER = ("eager", "compile", "bmm", "torch_path", "fused")
+CASE_KEYS = ("op", "mode", "dtype", "N", "C", "L")
+IMPL_ORDER = ("eager", "fast_mpn_cov", "compile", "bmm", "torch_path", "fused")
 
 
 def load_cases(results: dict) -> list[dict]:
     """Group benchmark entries by case; implementations become sub-records."""
     cases: dict[tuple, dict] = {}
     for bench in results["benchmarks"]:
-        info = bench["extra_info"]
+        info = {"op": "bilinear_pool", **bench["extra_info"]}  # runs from before iSQRT-COV
         key = tuple(info[k] for k in CASE_KEYS)
         case = cases.setdefault(key, {**dict(zip(CASE_KEYS, key, strict=True)), "impls": {}})
         if "floor_ms" in info:
@@ -31,7 +31,7 @@ def load_cases(results: dict) -> list[dict]:
             if field in info:
                 record[field] = info[field]
         case["impls"][info["impl"]] = record
-    return sorted(cases.values(), key=lambda c: (c["mode"], c["dtype"], c["N"]))
+    return sorted(cases.values(), key=lambda c: (c["op"], c["mode"], c["dtype"], c["N"], c["L"]))
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -46,7 +46,7 @@ def markdown_table(cases: list[dict], machine: str) -> str:
     memory = (
         "peak_mb" if any("peak_mb" in r for c in cases for r in c["impls"].values()) else "saved_mb"
     )
-    header = ["mode", "dtype", "N"] + [f"{i} ms" for i in impls]
+    header = ["op", "mode", "dtype", "N", "C", "L"] + [f"{i} ms" for i in impls]
     header += [f"{ours} vs {o}" for o in others if o != "bmm"]
     if any("floor_ms" in c for c in cases):
         header += ["floor ms", f"{ours} / floor", f"{ours} TFLOP/s", f"{ours} GB/s"]
@@ -60,7 +60,8 @@ def markdown_table(cases: list[dict], machine: str) -> str:
     for case in cases:
         rows = case["impls"]
         ms = {i: rows[i]["ms"] if i in rows else None for i in impls}
-        cells = [case["mode"], case["dtype"], str(case["N"])] + [_fmt(ms[i]) for i in impls]
+        cells = [case[k] if k in ("op", "mode", "dtype") else str(case[k]) for k in CASE_KEYS]
+        cells += [_fmt(ms[i]) for i in impls]
         for other in others:
             if other == "bmm":
                 continue
@@ -89,7 +90,9 @@ def plot(cases: list[dict], path: Path, machine: str) -> bool:
     except ImportError:
         return False
     impls = [i for i in IMPL_ORDER if any(i in c["impls"] for c in cases)]
-    labels = [f"{c['mode']}\n{c['dtype']} N={c['N']}" for c in cases]
+    labels = [
+        f"{c['op']} {c['mode']}\n{c['dtype']} N={c['N']} C={c['C']} L={c['L']}" for c in cases
+    ]
     width = 0.8 / len(impls)
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(cases)), 4.5))
     for k, impl in enumerate(impls):
@@ -98,7 +101,7 @@ def plot(cases: list[dict], path: Path, machine: str) -> bool:
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], labels, fontsize=7)
     ax.set_ylabel("median time (ms), lower is better")
     ax.set_yscale("log")
-    ax.set_title(f"B-CNN pooling, C=512, 28×28 — {machine}", fontsize=9)
+    ax.set_title(machine, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

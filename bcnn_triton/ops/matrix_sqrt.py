@@ -11,12 +11,15 @@ The forward computes, per sample, with S = (A + Aᵀ)/2 and s = tr(S) + eps,
     then (iterations − 1) times:  T = (3I − Z·Y)/2,  Y ← Y·T,  Z ← T·Z,
     out = √s · Y                  (or its upper triangle, diagonal included, with ``triu``)
 
-— the coupled Newton–Schulz iteration of iSQRT-COV (Li et al., CVPR 2018). The backward keeps
-only A between the passes: for the output gradient G and E = (G + Gᵀ)/2 it runs the iteration
-again beside its tangent along E (the derivative of a polynomial in a symmetric matrix is
-self-adjoint, so that tangent K is the gradient with respect to Â), then
+— the coupled Newton–Schulz iteration of iSQRT-COV (Li et al., CVPR 2018); Y = p(Â) for a
+polynomial p. The backward keeps only A between the passes. For the output gradient G and
+E = (G + Gᵀ)/2 it needs K = L_p(Â, E), the derivative of p at Â along E (self-adjoint for a
+symmetric Â, so also the gradient), then
 
     grad A = (K + (⟨E, Y⟩/2 − ⟨K, Â⟩)·I) / √s.
+
+K comes from the iteration run again beside its tangent along E (Triton kernels, and the torch
+path on CUDA) or, on CPU, from Â's eigendecomposition (see ``matrix_sqrt_torch``).
 """
 
 from __future__ import annotations
