@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import INTERPRETER, dot_input_precision
+from .common import INTERPRETER, batch_bucket, device_guard, dot_input_precision
 
 __all__ = ["matrix_sqrt_newton_schulz_bwd", "matrix_sqrt_newton_schulz_fwd"]
 
@@ -59,9 +59,10 @@ def _accumulate_product(
 
 @triton.autotune(
     configs=_configs(),
-    key=["C", "MAKE_T", "TANGENT", "SLOT_STEP", "SCALE", "TRIU", "INPUT_PRECISION"],
+    key=["C", "BATCH_BUCKET", "MAKE_T", "TANGENT", "SLOT_STEP", "SCALE", "TRIU", "INPUT_PRECISION"],
 )
-@triton.jit
+# BATCH_BUCKET only keys the autotuner: not specialized, so it never causes a recompile.
+@triton.jit(do_not_specialize=["BATCH_BUCKET"])
 def _newton_schulz_kernel(
     # pointers: state stack [Y, Z(, dY, dZ)] and pair stack [T(, dT)], float32 (N, slots, C, C)
     # with row-major C×C matrices; result stack (or the (N, C(C+1)/2) triangle with TRIU);
@@ -70,8 +71,9 @@ def _newton_schulz_kernel(
     pair_ptr,
     out_ptr,
     scale_ptr,
-    # sizes
+    # sizes; BATCH_BUCKET only keys the autotuner
     C,
+    BATCH_BUCKET,
     # strides, in elements: sample and slot of each stack
     stride_state_n,
     stride_state_s,
@@ -169,6 +171,7 @@ def _launch(
         out,
         state if scale is None else scale,  # not read without SCALE
         channels,
+        batch_bucket(num_samples),
         state.stride(0),
         state.stride(1),
         pair.stride(0),
@@ -261,7 +264,8 @@ def matrix_sqrt_newton_schulz_fwd(
     a_hat, scale = _normalized(a, eps)
     size = (num_samples, channels * (channels + 1) // 2) if triu else a.shape
     out = torch.empty(size, device=a.device, dtype=a.dtype)
-    _iterate(_first_state(a_hat, None), iterations, False, out, scale.sqrt(), triu)
+    with device_guard(a):
+        _iterate(_first_state(a_hat, None), iterations, False, out, scale.sqrt(), triu)
     return out
 
 
@@ -289,7 +293,8 @@ def matrix_sqrt_newton_schulz_bwd(
     tangent = (grad + grad.transpose(1, 2)).mul_(0.5)
     state = _first_state(a_hat, tangent)
     last = torch.empty_like(state)
-    _iterate(state, iterations, True, last)
+    with device_guard(a):
+        _iterate(state, iterations, True, last)
     root, grad_a = last[:, 0], last[:, 2]
     trace_term = torch.linalg.vecdot(tangent.flatten(1), root.flatten(1)) / 2
     trace_term -= torch.linalg.vecdot(grad_a.flatten(1), a_hat.flatten(1))

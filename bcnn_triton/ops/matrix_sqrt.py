@@ -5,6 +5,9 @@ Two operators are registered in the ``bcnn_triton`` namespace:
 - ``bcnn_triton::matrix_sqrt_newton_schulz(a, iterations, eps, triu, backend) -> out``
 - ``bcnn_triton::matrix_sqrt_newton_schulz_backward(grad, a, iterations, eps, triu, backend)``
 
+``backend`` is "auto" unless the caller chose one, resolved inside the body at run time, as for
+``bilinear_pool``.
+
 The forward computes, per sample, with S = (A + Aᵀ)/2 and s = tr(S) + eps,
 
     Â = S / s,   T = (3I − Â)/2,  Y = Â·T,  Z = T,
@@ -91,8 +94,8 @@ def matrix_sqrt_newton_schulz(
             bare trace (NaN for a zero matrix).
         triu: return the upper triangle row by row, diagonal included, C(C+1)/2 values per
             sample, without weights (as fast-MPN-COV's ``Triuvec``; see :func:`isqrt_cov_pool`).
-        backend: ``None`` (Triton kernels for CUDA tensors, torch otherwise), ``"torch"`` or
-            ``"triton"`` (CPU tensors only under ``TRITON_INTERPRET=1``).
+        backend: ``None`` (Triton kernels for CUDA tensors, torch otherwise, decided at run
+            time), ``"torch"`` or ``"triton"`` (CPU tensors only under ``TRITON_INTERPRET=1``).
 
     Returns:
         (N, C, C), or (N, C(C+1)/2) with ``triu``, in a's dtype. Samples are independent:
@@ -108,9 +111,10 @@ def matrix_sqrt_newton_schulz(
     _check_matrices(a)
     check_iterations(iterations)
     check_options(eps, backend)
-    resolved = resolve_backend(backend, a)
+    if backend is not None:
+        resolve_backend(backend, a)  # a backend that cannot run here fails now, clearly
     return torch.ops.bcnn_triton.matrix_sqrt_newton_schulz(
-        a, int(iterations), float(eps), bool(triu), resolved
+        a, int(iterations), float(eps), bool(triu), backend or "auto"
     )
 
 
@@ -143,7 +147,7 @@ def _matrix_sqrt_op(
     """a: (N, C, C) → √s·Y (N, C, C), or its upper triangle (N, C(C+1)/2)."""
     if a.shape[0] == 0:
         return _output(a, triu)
-    if backend == "triton":
+    if resolve_backend(backend, a) == "triton":
         from bcnn_triton.kernels import matrix_sqrt_newton_schulz_fwd
 
         return matrix_sqrt_newton_schulz_fwd(a, iterations=iterations, eps=eps, triu=triu)
@@ -169,7 +173,7 @@ def _matrix_sqrt_backward_op(
     """Gradient (N, C, C) of the matrix square root with respect to a, in a's dtype."""
     if a.shape[0] == 0:
         return torch.zeros_like(a)
-    if backend == "triton":
+    if resolve_backend(backend, a) == "triton":
         from bcnn_triton.kernels import matrix_sqrt_newton_schulz_bwd
 
         return matrix_sqrt_newton_schulz_bwd(grad, a, iterations=iterations, eps=eps, triu=triu)

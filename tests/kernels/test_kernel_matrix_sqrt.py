@@ -1,7 +1,8 @@
 """The Newton–Schulz kernels on CPU tensors through the interpreter (TRITON_INTERPRET=1).
 
-Every buffer the launchers allocate starts out as NaN, so a missing or unmasked store (a tile
-below the diagonal that no mirror covers, a triangle entry never written) cannot pass unnoticed.
+Every buffer the launchers allocate starts out as NaN (tests/kernels/conftest.py), so a missing
+or unmasked store (a tile below the diagonal that no mirror covers, a triangle entry never
+written) cannot pass unnoticed.
 The interpreter's tile is 32×32: C = 45 and 64 give 2×2 tiles (three computed, one mirrored) and
 ragged edges.
 """
@@ -39,18 +40,6 @@ PARAMS = [
 ]
 TOLERANCES = {torch.float32: 2e-6, torch.float16: 2e-3}
 GRAD_TOLERANCES = {torch.float32: 2e-5, torch.float16: 4e-3}
-
-
-@pytest.fixture(autouse=True)
-def nan_filled_allocations(monkeypatch):
-    """Make torch.empty / empty_like return NaN-filled floating tensors during the test."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def poison(t):
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
 
 
 def assert_close_scaled(actual, expected, rel):
