@@ -14,7 +14,8 @@ for every sample and every matrix of the state at once:
 
 The state is one stack (N, slots, C, C) of float32 matrices ``[Y, Z]`` or ``[Y, Z, dY, dZ]``,
 the pair a stack ``[T]`` or ``[T, dT]``; the launchers ping-pong between two state stacks. The
-trace normalization, the first T and the backward's trace term are elementwise and stay in torch.
+first T and the backward's trace term are elementwise and stay in torch; the trace
+normalization Â = (A + Aᵀ)/2s comes from the op layer.
 """
 
 from __future__ import annotations
@@ -187,13 +188,6 @@ def _launch(
     )
 
 
-def _normalized(a: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Â = (A + Aᵀ)/2s, float32 contiguous, and s = tr(A) + eps (N,)."""
-    a = a.to(torch.float32)
-    scale = a.diagonal(dim1=1, dim2=2).sum(dim=1).add_(eps)
-    return (a + a.transpose(1, 2)).div_(2 * scale.view(-1, 1, 1)), scale
-
-
 def _first_state(a_hat: torch.Tensor, tangent: torch.Tensor | None) -> torch.Tensor:
     """[Â, T₀] or [Â, T₀, E, dT₀] with T₀ = (3I − Â)/2, dT₀ = −E/2: the first step's input."""
     num_samples, channels, _ = a_hat.shape
@@ -249,54 +243,59 @@ def _iterate(state, iterations, tangent, last_out, last_scale=None, triu=False):
 
 
 def matrix_sqrt_newton_schulz_fwd(
-    a: torch.Tensor, *, iterations: int = 5, eps: float = 1e-10, triu: bool = False
+    a_hat: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    iterations: int = 5,
+    triu: bool = False,
+    out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """√s·Y_k(Â) for symmetric PSD matrices a (N, C, C), any dtype and strides.
+    """√s·Y for normalized symmetric matrices Â (N, C, C) and their traces s (N,), float32.
 
-    Returns (N, C, C), or the row-major upper triangle (N, C(C+1)/2) with ``triu``, in a's
-    dtype; computed in float32 (see ``bcnn_triton.matrix_sqrt_newton_schulz``).
+    Y: ``iterations`` coupled Newton–Schulz steps from Â (``bcnn_triton.ops.matrix_sqrt``).
+    Returns (N, C, C), or the row-major upper triangle (N, C(C+1)/2) with ``triu``, in
+    ``out_dtype``. Â must be contiguous.
 
     Example:
-        >>> a = torch.eye(256, device="cuda").expand(8, 256, 256)
-        >>> root = matrix_sqrt_newton_schulz_fwd(a)   # (8, 256, 256) float32
+        >>> a_hat = torch.eye(256, device="cuda").expand(8, 256, 256) / 256
+        >>> root = matrix_sqrt_newton_schulz_fwd(a_hat, torch.full((8,), 256.0, device="cuda"))
     """
-    num_samples, channels, _ = a.shape
-    a_hat, scale = _normalized(a, eps)
-    size = (num_samples, channels * (channels + 1) // 2) if triu else a.shape
-    out = torch.empty(size, device=a.device, dtype=a.dtype)
-    with device_guard(a):
+    num_samples, channels, _ = a_hat.shape
+    size = (num_samples, channels * (channels + 1) // 2) if triu else a_hat.shape
+    out = torch.empty(size, device=a_hat.device, dtype=out_dtype)
+    with device_guard(a_hat):
         _iterate(_first_state(a_hat, None), iterations, False, out, scale.sqrt(), triu)
     return out
 
 
 def matrix_sqrt_newton_schulz_bwd(
     grad: torch.Tensor,
-    a: torch.Tensor,
+    a_hat: torch.Tensor,
+    scale: torch.Tensor,
     *,
     iterations: int = 5,
-    eps: float = 1e-10,
     triu: bool = False,
 ) -> torch.Tensor:
-    """Gradient (N, C, C) in a's dtype of :func:`matrix_sqrt_newton_schulz_fwd` from ``grad``.
+    """Gradient (N, C, C) float32, with respect to A, of :func:`matrix_sqrt_newton_schulz_fwd`.
 
-    grad: (N, C, C), or (N, C(C+1)/2) with ``triu``, any strides. Runs the iteration again
-    beside its tangent along E = (G + Gᵀ)/2; nothing from the forward is needed but a.
+    grad: (N, C, C), or (N, C(C+1)/2) with ``triu``, any strides and dtype; Â and s as given
+    to the forward. Runs the iteration again beside its tangent along E = (G + Gᵀ)/2.
     """
-    num_samples, channels, _ = a.shape
-    a_hat, scale = _normalized(a, eps)
+    num_samples, channels, _ = a_hat.shape
     grad = grad.to(torch.float32)
     if triu:
-        rows, cols = torch.triu_indices(channels, channels, device=a.device)
+        rows, cols = torch.triu_indices(channels, channels, device=a_hat.device)
         full = grad.new_zeros((num_samples, channels, channels))
         full[:, rows, cols] = grad
         grad = full
     tangent = (grad + grad.transpose(1, 2)).mul_(0.5)
     state = _first_state(a_hat, tangent)
     last = torch.empty_like(state)
-    with device_guard(a):
+    with device_guard(a_hat):
         _iterate(state, iterations, True, last)
     root, grad_a = last[:, 0], last[:, 2]
+    # The trace: s enters Â = S/s and the factor √s.
     trace_term = torch.linalg.vecdot(tangent.flatten(1), root.flatten(1)) / 2
     trace_term -= torch.linalg.vecdot(grad_a.flatten(1), a_hat.flatten(1))
     grad_a.diagonal(dim1=1, dim2=2).add_(trace_term.unsqueeze(1))
-    return grad_a.div_(scale.sqrt().view(-1, 1, 1)).to(a.dtype)
+    return grad_a.div_(scale.sqrt().view(-1, 1, 1))

@@ -2,11 +2,13 @@
 
 Two operators are registered in the ``bcnn_triton`` namespace:
 
-- ``bcnn_triton::matrix_sqrt_newton_schulz(a, iterations, eps, triu, backend) -> out``
-- ``bcnn_triton::matrix_sqrt_newton_schulz_backward(grad, a, iterations, eps, triu, backend)``
+- ``bcnn_triton::matrix_sqrt_newton_schulz(a, iterations, eps, triu, backend)
+  -> (out, basis, values, scale)``
+- ``bcnn_triton::matrix_sqrt_newton_schulz_backward(grad, basis, values, scale, iterations,
+  triu, backend) -> grad_a``
 
 ``backend`` is "auto" unless the caller chose one, resolved inside the body at run time, as for
-``bilinear_pool``.
+``bilinear_pool``; the outputs have the same shapes whichever way runs.
 
 The forward computes, per sample, with S = (A + Aᵀ)/2 and s = tr(S) + eps,
 
@@ -15,14 +17,15 @@ The forward computes, per sample, with S = (A + Aᵀ)/2 and s = tr(S) + eps,
     out = √s · Y                  (or its upper triangle, diagonal included, with ``triu``)
 
 — the coupled Newton–Schulz iteration of iSQRT-COV (Li et al., CVPR 2018); Y = p(Â) for a
-polynomial p. The backward keeps only A between the passes. For the output gradient G and
-E = (G + Gᵀ)/2 it needs K = L_p(Â, E), the derivative of p at Â along E (self-adjoint for a
-symmetric Â, so also the gradient), then
+polynomial p. For the output gradient G and E = (G + Gᵀ)/2 the backward needs K = L_p(Â, E),
+the derivative of p at Â along E (self-adjoint for a symmetric Â, so also the gradient), then
 
     grad A = (K + (⟨E, Y⟩/2 − ⟨K, Â⟩)·I) / √s.
 
-K comes from the iteration run again beside its tangent along E (Triton kernels, and the torch
-path on CUDA) or, on CPU, from Â's eigendecomposition (see ``matrix_sqrt_torch``).
+Between the passes autograd keeps only s and one (N, C, C) and one (N, C) tensor: Â (and
+zeros) where the backward iterates again beside its tangent (Triton kernels; the torch path on
+CUDA), Â's eigenvectors and eigenvalues where the torch path works in the eigenbasis (CPU; see
+``matrix_sqrt_torch`` for why).
 """
 
 from __future__ import annotations
@@ -32,7 +35,12 @@ import numbers
 import torch
 
 from bcnn_triton.ops.bilinear_pool import check_options, resolve_backend
-from bcnn_triton.ops.matrix_sqrt_torch import newton_schulz_backward_torch, newton_schulz_torch
+from bcnn_triton.ops.matrix_sqrt_torch import (
+    newton_schulz_gradient_torch,
+    newton_schulz_torch,
+    spectral_gradient_torch,
+    spectral_newton_schulz_torch,
+)
 from bcnn_triton.ops.torch_path import compute_dtype_for
 
 __all__ = ["check_iterations", "matrix_sqrt_newton_schulz", "triu_size"]
@@ -113,9 +121,10 @@ def matrix_sqrt_newton_schulz(
     check_options(eps, backend)
     if backend is not None:
         resolve_backend(backend, a)  # a backend that cannot run here fails now, clearly
-    return torch.ops.bcnn_triton.matrix_sqrt_newton_schulz(
+    out, *_ = torch.ops.bcnn_triton.matrix_sqrt_newton_schulz(
         a, int(iterations), float(eps), bool(triu), backend or "auto"
     )
+    return out
 
 
 def _normalized(a: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,61 +135,94 @@ def _normalized(a: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor
     return a_hat, scale
 
 
+def _method(backend: str, a: torch.Tensor) -> str:
+    """ "triton", or the torch path's way: "iterate" on CUDA, "spectral" elsewhere."""
+    if resolve_backend(backend, a) == "triton":
+        return "triton"
+    return "iterate" if a.is_cuda else "spectral"
+
+
 def _triu_flat_index(channels: int, device: torch.device) -> torch.Tensor:
     """Row-major positions of the upper triangle (diagonal included) in a flattened C×C."""
     rows, cols = torch.triu_indices(channels, channels, device=device)
     return rows * channels + cols
 
 
-def _output(a: torch.Tensor, triu: bool) -> torch.Tensor:
-    """Uninitialised result for matrices ``a``: (N, C, C) or (N, C(C+1)/2)."""
+def _empty_outputs(a: torch.Tensor, triu: bool):
+    """Uninitialised result (N, C, C) or (N, C(C+1)/2), and what the backward keeps: a basis
+    (N, C, C), values (N, C) and the trace s (N,), in the compute dtype."""
     num_samples, channels, _ = a.shape
-    if triu:
-        return a.new_empty((num_samples, triu_size(channels)))
-    return a.new_empty((num_samples, channels, channels))
+    size = (num_samples, triu_size(channels)) if triu else (num_samples, channels, channels)
+    compute_dtype = compute_dtype_for(a.dtype)
+    return (
+        a.new_empty(size),
+        a.new_empty((num_samples, channels, channels), dtype=compute_dtype),
+        a.new_empty((num_samples, channels), dtype=compute_dtype),
+        a.new_empty((num_samples,), dtype=compute_dtype),
+    )
 
 
 @torch.library.custom_op("bcnn_triton::matrix_sqrt_newton_schulz", mutates_args=())
 def _matrix_sqrt_op(
     a: torch.Tensor, iterations: int, eps: float, triu: bool, backend: str
-) -> torch.Tensor:
-    """a: (N, C, C) → √s·Y (N, C, C), or its upper triangle (N, C(C+1)/2)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """a: (N, C, C) → √s·Y (N, C, C) or its upper triangle (N, C(C+1)/2), and what the
+    backward needs: (Â, zeros, s) when iterating, (U, λ, s) on the spectral path."""
     if a.shape[0] == 0:
-        return _output(a, triu)
-    if resolve_backend(backend, a) == "triton":
+        return _empty_outputs(a, triu)
+    a_hat, scale = _normalized(a, eps)
+    method = _method(backend, a)
+    if method == "triton":
         from bcnn_triton.kernels import matrix_sqrt_newton_schulz_fwd
 
-        return matrix_sqrt_newton_schulz_fwd(a, iterations=iterations, eps=eps, triu=triu)
-    a_hat, scale = _normalized(a, eps)
-    root = newton_schulz_torch(a_hat, iterations).mul_(scale.sqrt().view(-1, 1, 1))
+        out = matrix_sqrt_newton_schulz_fwd(
+            a_hat, scale, iterations=iterations, triu=triu, out_dtype=a.dtype
+        )
+        return out, a_hat, a_hat.new_zeros(a.shape[:2]), scale
+    if method == "iterate":
+        root, basis, values = newton_schulz_torch(a_hat, iterations), a_hat, None
+    else:
+        root, basis, values = spectral_newton_schulz_torch(a_hat, iterations)
+    root.mul_(scale.sqrt().view(-1, 1, 1))
     if triu:
-        root = root.flatten(1)[:, _triu_flat_index(a.shape[1], a.device)]
+        out = root.flatten(1)[:, _triu_flat_index(a.shape[1], a.device)]
     else:
         # Exactly symmetric, as the Triton path: the upper triangle and its mirror.
-        root = root.triu().add_(root.triu(1).transpose(1, 2))
-    return root.to(a.dtype)
+        out = root.triu().add_(root.triu(1).transpose(1, 2))
+    values = a_hat.new_zeros(a.shape[:2]) if values is None else values
+    return out.to(a.dtype), basis, values, scale
 
 
 @_matrix_sqrt_op.register_fake
 def _(a, iterations, eps, triu, backend):
-    return _output(a, triu)
+    return _empty_outputs(a, triu)
 
 
 @torch.library.custom_op("bcnn_triton::matrix_sqrt_newton_schulz_backward", mutates_args=())
 def _matrix_sqrt_backward_op(
-    grad: torch.Tensor, a: torch.Tensor, iterations: int, eps: float, triu: bool, backend: str
+    grad: torch.Tensor,
+    basis: torch.Tensor,
+    values: torch.Tensor,
+    scale: torch.Tensor,
+    iterations: int,
+    triu: bool,
+    backend: str,
 ) -> torch.Tensor:
-    """Gradient (N, C, C) of the matrix square root with respect to a, in a's dtype."""
-    if a.shape[0] == 0:
-        return torch.zeros_like(a)
-    if resolve_backend(backend, a) == "triton":
+    """Gradient (N, C, C) with respect to a, in the compute dtype, from the forward's basis,
+    values and trace (see the forward)."""
+    if basis.shape[0] == 0:
+        return torch.zeros_like(basis)
+    method = _method(backend, basis)
+    if method == "triton":
         from bcnn_triton.kernels import matrix_sqrt_newton_schulz_bwd
 
-        return matrix_sqrt_newton_schulz_bwd(grad, a, iterations=iterations, eps=eps, triu=triu)
-    a_hat, scale = _normalized(a, eps)
-    tangent = _symmetric_gradient(grad.to(a_hat.dtype), triu, a.shape[1])
-    grad_a = newton_schulz_backward_torch(a_hat, tangent, iterations)
-    return grad_a.div_(scale.sqrt().view(-1, 1, 1)).to(a.dtype)
+        return matrix_sqrt_newton_schulz_bwd(grad, basis, scale, iterations=iterations, triu=triu)
+    tangent = _symmetric_gradient(grad.to(basis.dtype), triu, basis.shape[1])
+    if method == "iterate":
+        grad_a = newton_schulz_gradient_torch(basis, tangent, iterations)
+    else:
+        grad_a = spectral_gradient_torch(basis, values, tangent, iterations)
+    return grad_a.div_(scale.sqrt().view(-1, 1, 1))
 
 
 def _symmetric_gradient(grad: torch.Tensor, triu: bool, channels: int) -> torch.Tensor:
@@ -194,23 +236,24 @@ def _symmetric_gradient(grad: torch.Tensor, triu: bool, channels: int) -> torch.
 
 
 @_matrix_sqrt_backward_op.register_fake
-def _(grad, a, iterations, eps, triu, backend):
-    return torch.empty_like(a)
+def _(grad, basis, values, scale, iterations, triu, backend):
+    return torch.empty_like(basis)
 
 
 def _setup_context(ctx, inputs, output):
-    a, iterations, eps, triu, backend = inputs
-    ctx.save_for_backward(a)
-    ctx.options = (iterations, eps, triu, backend)
+    a, iterations, _eps, triu, backend = inputs
+    _out, basis, values, scale = output
+    ctx.save_for_backward(basis, values, scale)
+    ctx.options = (iterations, triu, backend)
+    ctx.input_dtype = a.dtype
 
 
-def _backward(ctx, grad_out):
-    (a,) = ctx.saved_tensors
-    iterations, eps, triu, backend = ctx.options
+def _backward(ctx, grad_out, _grad_basis, _grad_values, _grad_scale):
+    basis, values, scale = ctx.saved_tensors
     grad_a = torch.ops.bcnn_triton.matrix_sqrt_newton_schulz_backward(
-        grad_out, a, iterations, eps, triu, backend
+        grad_out, basis, values, scale, *ctx.options
     )
-    return grad_a, None, None, None, None
+    return grad_a.to(ctx.input_dtype), None, None, None, None
 
 
 _matrix_sqrt_op.register_autograd(_backward, setup_context=_setup_context)

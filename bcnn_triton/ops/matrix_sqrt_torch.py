@@ -1,23 +1,23 @@
-"""The torch implementation of the Newton–Schulz matrix square root: CPU path and GPU fallback.
+"""The torch implementations of the Newton–Schulz matrix square root Y = p(Â).
 
-Every matrix of the coupled iteration is a polynomial p in the normalized input Â, so all of
-them are symmetric and commute with each other. The products are plain batched GEMMs: computing
-only the upper row panels of each (symmetric) product and copying their mirror saved nothing
-measurable on the 2-core CPU at C = 256 (75.0 vs 75.9 ms for five steps at N = 32, the copies
-eating the FLOPs saved) and was much slower when other processes shared the cores.
+Every matrix of the coupled iteration is a polynomial in the normalized input Â, so Y = p(Â)
+for one polynomial p (of degree 122 after five steps), and all iterates are symmetric and
+commute. The backward needs K = L_p(Â, E), the derivative of p at Â along the symmetrized
+output gradient E (self-adjoint for a symmetric Â, so also the gradient). Two ways to the same
+function, each where it is fast:
 
-The backward needs the derivative of the matrix function Â ↦ p(Â) along the symmetric output
-gradient E (for a symmetric Â that derivative is self-adjoint, so it is also the gradient).
-Nothing but the input is kept between forward and backward; the backward computes it one of
-two ways, the same value up to rounding:
+- **iterating** (CUDA, the fallback next to the Triton kernels): the coupled iteration as
+  batched GEMMs; the backward runs it again from Â with its tangent along E beside it (every
+  tangent is symmetric too) — three times the forward's products, no iterate stored;
+- **spectral** (CPU): one ``eigh`` of Â, then Y = U·diag(p(λ))·Uᵀ with p run as the coupled
+  recurrence on the eigenvalues, keeping U and λ; the backward is U·(D ∘ UᵀEU)·Uᵀ with D the
+  divided differences [p](λᵢ, λⱼ) (Daleckii–Krein) — four products and no ``eigh``. On the
+  2-core CPU (N = 32, C = 256) an ``eigh`` costs about 90 ms, fifteen batched products; five
+  iterated steps cost twelve products forward and 34 backward, so forward + backward takes
+  well under half as long this way (README, iSQRT-COV benchmark). On a GPU a batched ``eigh``
+  is slow and the products are cheap: there the iteration wins.
 
-- by eigendecomposition (CPU): with Â = U·diag(λ)·Uᵀ it is U·(D ∘ UᵀEU)·Uᵀ, D the divided
-  differences [p](λᵢ, λⱼ) (Daleckii–Krein), with p and p′ from the iteration's own recurrence
-  run on the eigenvalues. One ``eigh`` plus four products: about a third of the next way's
-  time on a CPU, where LAPACK's ``eigh`` costs about ten products;
-- by forward mode (CUDA, where a batched ``eigh`` is slow): the iteration again with its
-  tangent along E beside it — every tangent is symmetric too — three times the forward's
-  products, no iterate stored.
+Both are exact up to rounding; the tests hold each to a float64 run of the plain iteration.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "newton_schulz_backward_torch",
+    "newton_schulz_gradient_torch",
     "newton_schulz_tangent_torch",
     "newton_schulz_torch",
     "product_sum",
+    "spectral_gradient_torch",
+    "spectral_newton_schulz_torch",
 ]
 
 # Eigenvalues of Â (in [0, 1]) closer than this count as equal in the divided differences:
@@ -98,45 +100,59 @@ def _half_three_identity_minus(a: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def newton_schulz_backward_torch(
+def newton_schulz_gradient_torch(
     a_hat: torch.Tensor, tangent: torch.Tensor, iterations: int
 ) -> torch.Tensor:
-    """√s times the gradient of ⟨E, √s·p(S/s)⟩ with respect to S: (N, C, C).
+    """√s times the gradient of ⟨E, √s·p(S/s)⟩ with respect to S, by iterating: (N, C, C).
 
     Â = S/s (N, C, C) symmetric, s = tr(S) + eps; E (N, C, C) the symmetric output gradient.
-    That gradient is (K + (⟨E, Y⟩/2 − ⟨K, Â⟩)·I)/√s with Y = p(Â) and K = L_p(Â, E), the
-    derivative of p at Â along E; the caller divides by √s. By eigendecomposition on CPU, by
-    forward mode on CUDA.
+    That gradient is (K + (⟨E, Y⟩/2 − ⟨K, Â⟩)·I)/√s with Y = p(Â) and K = L_p(Â, E); the
+    caller divides by √s.
     """
-    if a_hat.is_cuda:
-        root, grad = newton_schulz_tangent_torch(a_hat, tangent, iterations)
-        trace_term = torch.linalg.vecdot(tangent.flatten(1), root.flatten(1)) / 2
-        trace_term -= torch.linalg.vecdot(grad.flatten(1), a_hat.flatten(1))
-        grad.diagonal(dim1=1, dim2=2).add_(trace_term.unsqueeze(1))
-        return grad
-    return _backward_by_eigh(a_hat, tangent, iterations)
+    root, grad = newton_schulz_tangent_torch(a_hat, tangent, iterations)
+    trace_term = torch.linalg.vecdot(tangent.flatten(1), root.flatten(1)) / 2
+    trace_term -= torch.linalg.vecdot(grad.flatten(1), a_hat.flatten(1))
+    grad.diagonal(dim1=1, dim2=2).add_(trace_term.unsqueeze(1))
+    return grad
 
 
-def _backward_by_eigh(a_hat: torch.Tensor, tangent: torch.Tensor, iterations: int) -> torch.Tensor:
-    # LAPACK fails on a non-finite matrix for the whole batch: such samples are decomposed as
-    # zeros and get NaN gradients, as the iteration itself would give them.
-    finite = torch.isfinite(a_hat).all(dim=2).all(dim=1)
+def spectral_newton_schulz_torch(
+    a_hat: torch.Tensor, iterations: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Y = p(Â) = U·diag(p(λ))·Uᵀ, with Uᵀ (N, C, C: the eigenvectors as rows) and λ (N, C).
+
+    A sample whose Â is not finite gets NaN in all three (LAPACK would fail on it for the
+    whole batch; it is decomposed as zeros instead), as the iteration would give it.
+    """
+    finite = torch.isfinite(a_hat).all(dim=2).all(dim=1).view(-1, 1, 1)
     all_finite = bool(finite.all())
     if not all_finite:
-        a_hat = torch.where(finite.view(-1, 1, 1), a_hat, 0.0)
+        a_hat = torch.where(finite, a_hat, 0.0)
     eigenvalues, vectors = torch.linalg.eigh(a_hat)
-    rotated = vectors.transpose(1, 2) @ (tangent @ vectors)
-    values, slopes = _polynomial_and_slope(eigenvalues.to(torch.float64), iterations)
-    weights = _divided_differences(eigenvalues.to(torch.float64), values, slopes)
+    rows = vectors.transpose(1, 2)  # LAPACK's column-major U: its transpose is contiguous
+    if not all_finite:
+        rows = torch.where(finite, rows, torch.nan)
+        eigenvalues = torch.where(finite.view(-1, 1), eigenvalues, torch.nan)
+    values, _ = _polynomial_and_slope(eigenvalues.to(torch.float64), iterations)
+    root = rows.transpose(1, 2) @ (values.to(rows.dtype).unsqueeze(2) * rows)
+    return root, rows, eigenvalues
+
+
+def spectral_gradient_torch(
+    rows: torch.Tensor, eigenvalues: torch.Tensor, tangent: torch.Tensor, iterations: int
+) -> torch.Tensor:
+    """What :func:`newton_schulz_gradient_torch` gives, from Â's eigenvectors (as the rows of
+    ``rows``) and eigenvalues."""
+    rotated = rows @ (tangent @ rows.transpose(1, 2))
+    eigenvalues = eigenvalues.to(torch.float64)
+    values, slopes = _polynomial_and_slope(eigenvalues, iterations)
+    weights = _divided_differences(eigenvalues, values, slopes)
     diagonal = rotated.diagonal(dim1=1, dim2=2).to(torch.float64)
     # ⟨E, Y⟩ = Σᵢ p(λᵢ)·Ẽᵢᵢ and ⟨K, Â⟩ = Σᵢ λᵢ·p′(λᵢ)·Ẽᵢᵢ in the eigenbasis.
     trace_term = (diagonal * (values / 2 - eigenvalues * slopes)).sum(dim=1)
     rotated.mul_(weights.to(rotated.dtype))
     rotated.diagonal(dim1=1, dim2=2).add_(trace_term.to(rotated.dtype).unsqueeze(1))
-    grad = vectors @ (rotated @ vectors.transpose(1, 2))
-    if not all_finite:
-        grad = torch.where(finite.view(-1, 1, 1), grad, torch.nan)
-    return grad
+    return rows.transpose(1, 2) @ (rotated @ rows)
 
 
 def _polynomial_and_slope(

@@ -29,9 +29,11 @@ SHAPES = [
 SHAPE_IDS = ["16", "37-primes", "1", "9-rank3", "131-panels", "200-rank99"]
 
 # Result tolerance relative to the largest entry: float32 compute, one rounding to the dtype.
+# On CPU the torch path works in Â's eigenbasis (LAPACK's eigh): float32 results within about
+# ten ulps of the largest entry.
 TOLERANCES = {
     torch.float64: 1e-12,
-    torch.float32: 2e-6,
+    torch.float32: 1e-5,
     torch.float16: 2e-3,
     torch.bfloat16: 1.6e-2,
 }
@@ -151,7 +153,8 @@ def test_zero_and_rank_deficient_matrices_are_finite():
     out = matrix_sqrt_newton_schulz(a)
     out.sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(a.grad).all()
-    assert (out[:, 3] == 0).all()
+    # The dead channel's row stays zero, up to rounding (exactly, where the iteration runs).
+    assert out[:, 3].abs().max() <= 1e-6 * out.abs().max()
 
 
 def test_nan_stays_in_its_sample():
@@ -188,12 +191,14 @@ def test_empty_batch():
     assert a.grad.shape == a.shape
 
 
-def test_backward_keeps_only_the_input():
+def test_backward_keeps_one_matrix_and_two_vectors():
+    # Here (CPU) the eigenvectors, the eigenvalues and the trace; not the iterates.
     a = spd_like(4, 32, 50).requires_grad_()
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         matrix_sqrt_newton_schulz(a, iterations=5)
-    assert len(saved) == 1 and saved[0] is a
+    assert sorted(t.shape for t in saved) == [(4,), (4, 32), (4, 32, 32)]
+    assert all(t.dtype == torch.float32 for t in saved)
 
 
 # ---------------------------------------------------------------- registration and compile
@@ -210,8 +215,11 @@ def test_opcheck_forward(iterations, triu):
 @pytest.mark.parametrize("triu", [False, True])
 def test_opcheck_backward(triu):
     a = spd_like(2, 6, 10)
+    _, basis, values, scale = torch.ops.bcnn_triton.matrix_sqrt_newton_schulz(
+        a, 3, 1e-10, triu, "torch"
+    )
     grad = torch.randn(2, 21) if triu else torch.randn(2, 6, 6)
-    args = (grad, a, 3, 1e-10, triu, "torch")
+    args = (grad, basis, values, scale, 3, triu, "torch")
     torch.library.opcheck(torch.ops.bcnn_triton.matrix_sqrt_newton_schulz_backward.default, args)
 
 
