@@ -14,7 +14,16 @@ import json
 from pathlib import Path
 
 CASE_KEYS = ("op", "mode", "dtype", "N", "C", "L")
-IMPL_ORDER = ("eager", "fast_mpn_cov", "compile", "bmm", "torch_path", "fused")
+IMPL_ORDER = (
+    "eager",
+    "fast_mpn_cov",
+    "iterate",
+    "compile",
+    "bmm",
+    "torch_path",
+    "spectral",
+    "fused",
+)
 
 
 def load_cases(results: dict) -> list[dict]:
@@ -38,18 +47,22 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
 
+#: Our implementations, by preference: a row's "ours" is the first one it has.
+OURS = ("fused", "torch_path", "spectral")
+
+
 def markdown_table(cases: list[dict], machine: str) -> str:
-    """A table of times, speedups of the fastest of ours over the others, and memory."""
+    """A table of times, speed-ups of ours (per row: the first of ``OURS`` it has) over the
+    others, and memory."""
     impls = [i for i in IMPL_ORDER if any(i in c["impls"] for c in cases)]
-    ours = "fused" if "fused" in impls else "torch_path"
-    others = [i for i in impls if i != ours]
+    others = [i for i in impls if i not in OURS and i != "bmm"]
     memory = (
         "peak_mb" if any("peak_mb" in r for c in cases for r in c["impls"].values()) else "saved_mb"
     )
     header = ["op", "mode", "dtype", "N", "C", "L"] + [f"{i} ms" for i in impls]
-    header += [f"{ours} vs {o}" for o in others if o != "bmm"]
+    header += [f"ours vs {o}" for o in others]
     if any("floor_ms" in c for c in cases):
-        header += ["floor ms", f"{ours} / floor", f"{ours} TFLOP/s", f"{ours} GB/s"]
+        header += ["floor ms", "ours / floor", "ours TFLOP/s", "ours GB/s"]
     header += [f"{i} {memory.replace('_', ' ').replace('mb', 'MB')}" for i in impls]
     lines = [
         f"Machine: {machine}",
@@ -59,13 +72,12 @@ def markdown_table(cases: list[dict], machine: str) -> str:
     ]
     for case in cases:
         rows = case["impls"]
+        ours = next((i for i in OURS if i in rows), None)
         ms = {i: rows[i]["ms"] if i in rows else None for i in impls}
         cells = [case[k] if k in ("op", "mode", "dtype") else str(case[k]) for k in CASE_KEYS]
         cells += [_fmt(ms[i]) for i in impls]
         for other in others:
-            if other == "bmm":
-                continue
-            ratio = ms[other] / ms[ours] if ms[other] and ms[ours] else None
+            ratio = ms[other] / rows[ours]["ms"] if ms[other] and ours else None
             cells.append("—" if ratio is None else f"{ratio:.2f}×")
         if "floor ms" in header:
             mine = rows.get(ours, {})

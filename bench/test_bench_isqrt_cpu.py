@@ -6,12 +6,22 @@
 N = 32, C = 256 (fast-MPN-COV's reduced width), L = 14×14 and 28×28, float32, forward (under
 no_grad) and forward+backward, 5 Newton–Schulz steps, upper-triangular output.
 ``extra_info["saved_mb"]`` holds the memory autograd keeps between forward and backward (the
-input map included: both keep it).
+input map included: both keep it). ``test_matrix_sqrt_ways`` times the torch path's two ways to
+the square root and its gradient (iterating, as on CUDA, and spectral, as on CPU).
 """
+
+import functools
 
 import pytest
 import torch
 from bench_impls import ISQRT_IMPLEMENTATIONS, saved_for_backward_bytes
+
+from bcnn_triton.ops.matrix_sqrt_torch import (
+    newton_schulz_gradient_torch,
+    newton_schulz_torch,
+    spectral_gradient_torch,
+    spectral_newton_schulz_torch,
+)
 
 NUM, CHANNELS = 32, 256
 
@@ -60,3 +70,36 @@ def test_baseline_computes_what_the_op_computes():
     (grad_ours,) = torch.autograd.grad((ours * weights).sum(), x)
     (grad_baseline,) = torch.autograd.grad((baseline * weights).sum(), x)
     torch.testing.assert_close(grad_baseline, grad_ours, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "bwd"])
+@pytest.mark.parametrize("way", ["iterate", "spectral"])
+def test_matrix_sqrt_ways(benchmark, way, mode):
+    """The torch path's two ways to p(Â) and its gradient (CUDA iterates, CPU goes spectral),
+    on covariances of 14×14 locations normalized by their traces."""
+    x = torch.relu(torch.randn(NUM, CHANNELS, 196))
+    centred = x - x.mean(dim=2, keepdim=True)
+    covariance = centred @ centred.transpose(1, 2)
+    a_hat = covariance / covariance.diagonal(dim1=1, dim2=2).sum(dim=1).view(-1, 1, 1)
+    tangent = torch.randn(NUM, CHANNELS, CHANNELS)
+    tangent = tangent + tangent.transpose(1, 2)
+    if way == "iterate":
+        forward = functools.partial(newton_schulz_torch, a_hat, 5)
+        backward = functools.partial(newton_schulz_gradient_torch, a_hat, tangent, 5)
+    else:
+        forward = functools.partial(spectral_newton_schulz_torch, a_hat, 5)
+        _, rows, eigenvalues = forward()
+        backward = functools.partial(spectral_gradient_torch, rows, eigenvalues, tangent, 5)
+    benchmark.group = f"matrix sqrt {mode}"
+    benchmark.extra_info.update(
+        op="matrix_sqrt_newton_schulz",
+        impl=way,
+        mode=mode,
+        dtype="float32",
+        N=NUM,
+        C=CHANNELS,
+        L=196,
+        device="cpu",
+        threads=torch.get_num_threads(),
+    )
+    benchmark.pedantic(forward if mode == "fwd" else backward, rounds=5, warmup_rounds=1)
