@@ -103,10 +103,11 @@ def plot(cases: list[dict], path: Path, machine: str) -> bool:
         return False
     impls = [i for i in IMPL_ORDER if any(i in c["impls"] for c in cases)]
     labels = [
-        f"{c['op']} {c['mode']}\n{c['dtype']} N={c['N']} C={c['C']} L={c['L']}" for c in cases
+        f"{c['op'].split('_')[0]} {c['mode']}\n{c['dtype']}\nN={c['N']} C={c['C']} L={c['L']}"
+        for c in cases
     ]
     width = 0.8 / len(impls)
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(cases)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cases)), 4.5))
     for k, impl in enumerate(impls):
         heights = [c["impls"].get(impl, {}).get("ms", 0.0) for c in cases]
         ax.bar([i + k * width for i in range(len(cases))], heights, width, label=impl)
