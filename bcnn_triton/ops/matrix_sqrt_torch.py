@@ -12,9 +12,10 @@ function, each where it is fast:
 - **spectral** (CPU): one ``eigh`` of Â, then Y = U·diag(p(λ))·Uᵀ with p run as the coupled
   recurrence on the eigenvalues, keeping U and λ; the backward is U·(D ∘ UᵀEU)·Uᵀ with D the
   divided differences [p](λᵢ, λⱼ) (Daleckii–Krein) — four products and no ``eigh``. On the
-  2-core CPU (N = 32, C = 256, five steps; ``bench/test_bench_isqrt_cpu.py::test_matrix_sqrt_ways``)
-  an ``eigh`` takes about ten batched products' time: forward 79 ms and backward 59 ms this
-  way, against 88 ms and 254 ms iterating. On a GPU a batched ``eigh`` is slow and the products
+  2-core CPU (N = 32, C = 256, five steps; ``bench/test_bench_isqrt_cpu.py``,
+  ``test_matrix_sqrt_ways``) an ``eigh`` of the batch takes about ten batched products' time:
+  forward 73.6 ms and backward 35.1 ms this way, against 78.2 ms and 233 ms iterating
+  (bench/results/2026-11-27-cpu-2core-isqrt). On a GPU a batched ``eigh`` is slow and the products
   are cheap: there the iteration wins.
 
 Both are exact up to rounding; the tests hold each to a float64 run of the plain iteration.
