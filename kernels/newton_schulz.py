@@ -156,12 +156,10 @@ def _newton_schulz_kernel(
             tl.store(mirror, value_t.to(out_dtype), mask=mask)
 
 
-def _launch(
-    state, pair, out, scale, *, make_t, tangent, slot_step=1, outputs=None, triu=False
-) -> None:
+def _launch(state, pair, out, scale, *, make_t, tangent, slot_step=1, triu=False) -> None:
+    """One phase for every sample: the pair from the state (``make_t``), or a step."""
     num_samples, slots, channels, _ = state.shape
-    if outputs is None:
-        outputs = out.shape[1] if make_t else slots // slot_step
+    outputs = out.shape[1] if make_t else slots // slot_step
 
     def grid(meta):
         return (triton.cdiv(channels, meta["BLOCK_C"]) ** 2, outputs, num_samples)
