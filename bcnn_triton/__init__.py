@@ -12,13 +12,23 @@ import importlib.abc
 import importlib.util
 import sys
 
-__all__ = ["BilinearCNN", "BilinearPool", "bilinear_pool"]
+__all__ = [
+    "BilinearCNN",
+    "BilinearPool",
+    "ISqrtCovPool",
+    "bilinear_pool",
+    "isqrt_cov_pool",
+    "matrix_sqrt_newton_schulz",
+]
 __version__ = "0.1.0"
 
 _HOMES = {
     "BilinearCNN": "bcnn_triton.models",
     "BilinearPool": "bcnn_triton.layers",
+    "ISqrtCovPool": "bcnn_triton.layers",
     "bilinear_pool": "bcnn_triton.ops",
+    "isqrt_cov_pool": "bcnn_triton.ops",
+    "matrix_sqrt_newton_schulz": "bcnn_triton.ops",
 }
 
 

@@ -75,6 +75,7 @@ class HeadSpec:
 
 HEAD_SPECS: dict[str, HeadSpec] = {
     "bilinear": HeadSpec("bcnn_triton.models.bilinear_cnn:BilinearCNN", "Gram, signed sqrt, L2"),
+    "isqrt": HeadSpec("bcnn_triton.models.isqrt_cov_cnn:ISqrtCovCNN", "covariance, matrix sqrt"),
     "gap": HeadSpec("bcnn_triton.models.global_pool_cnn:GlobalPoolCNN", "global average"),
 }
 #: Head names accepted by ``create_model`` and ``--head``.
@@ -245,12 +246,13 @@ def _check_number(
 
 
 #: ``bcnn-triton train`` on synthetic data (the main job): what differs from the recipe. Sized to
-#: finish in about a minute on 2 idle CPU cores. The backbone stays frozen at its random init, so
-#: both heads see the very same features; lr 3 instead of the recipe's 1.0 because random
-#: features give a descriptor whose class-dependent part is small, which lr 1.0 does not learn
-#: within the demo's 20 epochs. Keys are fields of TrainConfig or DataConfig, and ``heads``.
+#: finish in about a minute and a half on 2 idle CPU cores. The backbone stays frozen at its
+#: random init, so the three heads see the very same features; lr 3 instead of the recipe's 1.0
+#: because random features give a descriptor whose class-dependent part is small, which lr 1.0
+#: does not learn within the demo's 20 epochs. Keys are fields of TrainConfig or DataConfig, and
+#: ``heads``.
 DEMO: dict[str, Any] = {
-    "heads": ("bilinear", "gap"),
+    "heads": ("bilinear", "isqrt", "gap"),
     "backbone": "tiny",
     "weights": None,
     "image_size": 64,

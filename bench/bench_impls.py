@@ -1,7 +1,9 @@
-"""What the benchmarks time: the seed's eager pooling, bare bmm, torch.compile, the op.
+"""What the benchmarks time: the seed's eager pooling, bare bmm, torch.compile, the op; and for
+iSQRT-COV, fast-MPN-COV's formulation against ``isqrt_cov_pool``.
 
-Each implementation maps a feature map (N, C, H, W) to its (N, C²) descriptor (``bmm`` to the
-raw Gram). ``roofline`` gives the work of a case and the lower bound on its time.
+Each B-CNN implementation maps a feature map (N, C, H, W) to its (N, C²) descriptor (``bmm`` to
+the raw Gram); each iSQRT-COV one to its (N, C(C+1)/2) descriptor. ``roofline`` gives the work
+of a B-CNN case and the lower bound on its time.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from fast_mpn_cov import fast_mpn_cov_isqrt
 
-from bcnn_triton import bilinear_pool
+from bcnn_triton import bilinear_pool, isqrt_cov_pool
 
 
 def seed_pool(x: torch.Tensor) -> torch.Tensor:
@@ -70,6 +73,12 @@ IMPLEMENTATIONS = {
     "bmm": bmm_gram,
     "fused": fused,
     "torch_path": torch_path,
+}
+#: iSQRT-COV, 5 Newton–Schulz steps, upper triangle: the baseline, the torch path, the kernels.
+ISQRT_IMPLEMENTATIONS = {
+    "fast_mpn_cov": fast_mpn_cov_isqrt,
+    "torch_path": lambda x: isqrt_cov_pool(x, backend="torch"),
+    "fused": isqrt_cov_pool,
 }
 #: Where peak memory is measured with a different callable than the timing.
 MEMORY_IMPLEMENTATIONS = {"compile": compiled_seed_pool_without_cudagraphs}

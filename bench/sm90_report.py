@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import triton
-from bcnn_triton.kernels import bilinear_bwd, bilinear_fwd
+from bcnn_triton.kernels import bilinear_bwd, bilinear_fwd, newton_schulz
 from bcnn_triton.kernels.common import CONSUMER_SHARED_MEMORY
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -165,8 +165,31 @@ def _elementwise_cases() -> list[Case]:
     ]
 
 
+def _newton_schulz_case(name, precision, out_dtype="fp32", **flags) -> Case:
+    """A phase of the Newton–Schulz iteration at iSQRT-COV's width (C = 256), tangents on."""
+    channels = 256
+    size = channels * channels
+    constexprs = dict(MAKE_T=False, TANGENT=True, SLOT_STEP=1, SCALE=False, TRIU=False)
+    constexprs.update(INPUT_PRECISION=precision, **flags)
+    stride_out_n = channels * (channels + 1) // 2 if constexprs["TRIU"] else 4 * size
+    ints = dict(C=channels, BATCH_BUCKET=N, stride_state_n=4 * size, stride_state_s=size)
+    ints.update(stride_pair_n=2 * size, stride_pair_s=size, stride_out_n=stride_out_n)
+    ints.update(stride_out_s=0 if constexprs["TRIU"] else size)
+    pointers = dict(state_ptr="fp32", pair_ptr="fp32", out_ptr=out_dtype, scale_ptr="fp32")
+    return Case(
+        name,
+        newton_schulz._newton_schulz_kernel,
+        pointers,
+        ints,
+        (),
+        constexprs,
+        tensor_cores=precision != "ieee",
+    )
+
+
 #: What the report compiles: the forward in each precision and layout the GPU check times, its
-#: two normalization passes, the backward GEMM, and the elementwise kernels once.
+#: two normalization passes, the backward GEMM, and the elementwise kernels once; the phases of
+#: the Newton–Schulz iteration.
 CASES: list[Case] = [
     _forward_case("fwd bf16 Σs² pass", "bf16", "tf32", "contiguous", SUMSQ=True, STORE=False),
     _forward_case("fwd bf16 normalized pass", "bf16", "tf32", "contiguous", DIVIDE=True),
@@ -181,6 +204,18 @@ CASES: list[Case] = [
     _matmul_case("bwd GEMM tf32", "fp32", "fp32", "tf32", "contiguous"),
     _matmul_case("bwd GEMM fp32 ieee", "fp32", "fp32", "ieee", "contiguous"),
     *_elementwise_cases(),
+    _newton_schulz_case("newton-schulz T tf32", "tf32", MAKE_T=True),
+    _newton_schulz_case("newton-schulz step tf32", "tf32"),
+    _newton_schulz_case("newton-schulz step fp32 ieee", "ieee"),
+    _newton_schulz_case(
+        "newton-schulz last step bf16 triu",
+        "tf32",
+        "bf16",
+        TANGENT=False,
+        SLOT_STEP=2,
+        SCALE=True,
+        TRIU=True,
+    ),
 ]
 
 

@@ -2,7 +2,7 @@
 
     python bench/summarize.py RESULTS.json [--out DIR]
 
-One record per case (mode, dtype, N, C, L) with, for each implementation, its median ``ms``
+One record per case (op, mode, dtype, N, C, L) with, for each implementation, its median ``ms``
 and ``peak_mb`` (GPU) or ``saved_mb`` (CPU), and the case's ``floor_ms`` where known. GPU
 timings come from CUDA events (``extra_info["ms"]``), CPU ones from pytest-benchmark's median.
 """
@@ -13,15 +13,24 @@ import argparse
 import json
 from pathlib import Path
 
-CASE_KEYS = ("mode", "dtype", "N", "C", "L")
-IMPL_ORDER = ("eager", "compile", "bmm", "torch_path", "fused")
+CASE_KEYS = ("op", "mode", "dtype", "N", "C", "L")
+IMPL_ORDER = (
+    "eager",
+    "fast_mpn_cov",
+    "iterate",
+    "compile",
+    "bmm",
+    "torch_path",
+    "spectral",
+    "fused",
+)
 
 
 def load_cases(results: dict) -> list[dict]:
     """Group benchmark entries by case; implementations become sub-records."""
     cases: dict[tuple, dict] = {}
     for bench in results["benchmarks"]:
-        info = bench["extra_info"]
+        info = {"op": "bilinear_pool", **bench["extra_info"]}  # runs from before iSQRT-COV
         key = tuple(info[k] for k in CASE_KEYS)
         case = cases.setdefault(key, {**dict(zip(CASE_KEYS, key, strict=True)), "impls": {}})
         if "floor_ms" in info:
@@ -31,25 +40,29 @@ def load_cases(results: dict) -> list[dict]:
             if field in info:
                 record[field] = info[field]
         case["impls"][info["impl"]] = record
-    return sorted(cases.values(), key=lambda c: (c["mode"], c["dtype"], c["N"]))
+    return sorted(cases.values(), key=lambda c: (c["op"], c["mode"], c["dtype"], c["N"], c["L"]))
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
 
+#: Our implementations, by preference: a row's "ours" is the first one it has.
+OURS = ("fused", "torch_path", "spectral")
+
+
 def markdown_table(cases: list[dict], machine: str) -> str:
-    """A table of times, speedups of the fastest of ours over the others, and memory."""
+    """A table of times, speed-ups of ours (per row: the first of ``OURS`` it has) over the
+    others, and memory."""
     impls = [i for i in IMPL_ORDER if any(i in c["impls"] for c in cases)]
-    ours = "fused" if "fused" in impls else "torch_path"
-    others = [i for i in impls if i != ours]
+    others = [i for i in impls if i not in OURS and i != "bmm"]
     memory = (
         "peak_mb" if any("peak_mb" in r for c in cases for r in c["impls"].values()) else "saved_mb"
     )
-    header = ["mode", "dtype", "N"] + [f"{i} ms" for i in impls]
-    header += [f"{ours} vs {o}" for o in others if o != "bmm"]
+    header = ["op", "mode", "dtype", "N", "C", "L"] + [f"{i} ms" for i in impls]
+    header += [f"ours vs {o}" for o in others]
     if any("floor_ms" in c for c in cases):
-        header += ["floor ms", f"{ours} / floor", f"{ours} TFLOP/s", f"{ours} GB/s"]
+        header += ["floor ms", "ours / floor", "ours TFLOP/s", "ours GB/s"]
     header += [f"{i} {memory.replace('_', ' ').replace('mb', 'MB')}" for i in impls]
     lines = [
         f"Machine: {machine}",
@@ -59,12 +72,12 @@ def markdown_table(cases: list[dict], machine: str) -> str:
     ]
     for case in cases:
         rows = case["impls"]
+        ours = next((i for i in OURS if i in rows), None)
         ms = {i: rows[i]["ms"] if i in rows else None for i in impls}
-        cells = [case["mode"], case["dtype"], str(case["N"])] + [_fmt(ms[i]) for i in impls]
+        cells = [case[k] if k in ("op", "mode", "dtype") else str(case[k]) for k in CASE_KEYS]
+        cells += [_fmt(ms[i]) for i in impls]
         for other in others:
-            if other == "bmm":
-                continue
-            ratio = ms[other] / ms[ours] if ms[other] and ms[ours] else None
+            ratio = ms[other] / rows[ours]["ms"] if ms[other] and ours else None
             cells.append("—" if ratio is None else f"{ratio:.2f}×")
         if "floor ms" in header:
             mine = rows.get(ours, {})
@@ -89,16 +102,19 @@ def plot(cases: list[dict], path: Path, machine: str) -> bool:
     except ImportError:
         return False
     impls = [i for i in IMPL_ORDER if any(i in c["impls"] for c in cases)]
-    labels = [f"{c['mode']}\n{c['dtype']} N={c['N']}" for c in cases]
+    labels = [
+        f"{c['op'].split('_')[0]} {c['mode']}\n{c['dtype']}\nN={c['N']} C={c['C']} L={c['L']}"
+        for c in cases
+    ]
     width = 0.8 / len(impls)
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(cases)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cases)), 4.5))
     for k, impl in enumerate(impls):
         heights = [c["impls"].get(impl, {}).get("ms", 0.0) for c in cases]
         ax.bar([i + k * width for i in range(len(cases))], heights, width, label=impl)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], labels, fontsize=7)
     ax.set_ylabel("median time (ms), lower is better")
     ax.set_yscale("log")
-    ax.set_title(f"B-CNN pooling, C=512, 28×28 — {machine}", fontsize=9)
+    ax.set_title(machine, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

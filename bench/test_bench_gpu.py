@@ -11,6 +11,10 @@ inputs; for torch.compile measured on the same kernels without CUDA graphs), ach
 and GB/s against the case's nominal work, and ``floor_ms`` (roofline). pytest-benchmark's own
 statistics time the same call followed by a synchronize.
 
+``test_gpu_isqrt`` times iSQRT-COV (N = 32, C = 256, L = 14×14 and 28×28, 5 steps, upper
+triangle), float32 and TF32: the op's kernels (``fused``) against our re-implementation of
+fast-MPN-COV's formulation (``fast_mpn_cov``), forward and forward+backward, with peak memory.
+
 ``test_train_step`` (last: the budget may skip it) times one optimizer step of
 ``BilinearCNN("vgg16")`` at 448×448, batch 16, bfloat16 autocast, with the fused op and with
 the seed's eager pooling swapped in, frozen backbone and full fine-tuning.
@@ -20,7 +24,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bench_impls import IMPLEMENTATIONS, MEMORY_IMPLEMENTATIONS, device_peaks, roofline
+from bench_impls import (
+    IMPLEMENTATIONS,
+    ISQRT_IMPLEMENTATIONS,
+    MEMORY_IMPLEMENTATIONS,
+    device_peaks,
+    roofline,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -137,6 +147,50 @@ def test_gpu(benchmark, precision, impl, mode, n, dtype):
         torch.cuda.synchronize()
 
     benchmark.pedantic(synced, rounds=20, warmup_rounds=2)
+
+
+ISQRT_CASES = [(14, "float32"), (28, "float32"), (14, "tf32"), (28, "tf32")]
+
+
+@pytest.mark.parametrize("impl", ["fused", "fast_mpn_cov"])
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize(
+    ("side", "dtype"), ISQRT_CASES, ids=[f"L{s * s}-{d}" for s, d in ISQRT_CASES]
+)
+def test_gpu_isqrt(benchmark, precision, impl, mode, side, dtype):
+    import triton
+
+    torch_dtype, matmul_precision = DTYPES[dtype]
+    precision(matmul_precision)
+    channels = 256
+    x = torch.relu(torch.randn(32, channels, side, side, device="cuda")).to(torch_dtype)
+    grad = torch.randn(32, channels * (channels + 1) // 2, device="cuda", dtype=torch_dtype)
+    if mode == "fwd+bwd":
+        x.requires_grad_()
+    call = _call(impl, mode, x, grad, ISQRT_IMPLEMENTATIONS[impl])
+    call()  # compile, autotune
+    ms = triton.testing.do_bench(call, warmup=25, rep=100, return_mode="median")
+    benchmark.group = f"isqrt {mode} L={side * side} {dtype}"
+    benchmark.extra_info.update(
+        op="isqrt_cov_pool",
+        impl=impl,
+        mode=mode,
+        dtype=dtype,
+        N=32,
+        C=channels,
+        L=side * side,
+        ms=ms,
+        peak_mb=_peak_mb(call),
+        device=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+    )
+
+    def synced():
+        call()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(synced, rounds=10, warmup_rounds=1)
 
 
 class _SeedPool(torch.nn.Module):

@@ -10,9 +10,19 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["bilinear_pool_bwd", "bilinear_pool_fwd"]
+__all__ = [
+    "bilinear_pool_bwd",
+    "bilinear_pool_fwd",
+    "matrix_sqrt_newton_schulz_bwd",
+    "matrix_sqrt_newton_schulz_fwd",
+]
 
-_LAUNCHERS = {"bilinear_pool_bwd": ".bilinear_bwd", "bilinear_pool_fwd": ".bilinear_fwd"}
+_LAUNCHERS = {
+    "bilinear_pool_bwd": ".bilinear_bwd",
+    "bilinear_pool_fwd": ".bilinear_fwd",
+    "matrix_sqrt_newton_schulz_bwd": ".newton_schulz",
+    "matrix_sqrt_newton_schulz_fwd": ".newton_schulz",
+}
 
 
 def __getattr__(name: str) -> Any:

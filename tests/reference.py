@@ -70,3 +70,67 @@ def feature_like(
     dead_channels = torch.randperm(shape[1])[: int(dead * shape[1])]
     features[:, dead_channels] = 0.0
     return features.to(dtype)
+
+
+def newton_schulz_polynomial_reference(a_hat: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Y after ``iterations`` coupled Newton–Schulz steps from Â (N, C, C), no normalization."""
+    three = 3.0 * torch.eye(a_hat.shape[1], dtype=a_hat.dtype, device=a_hat.device)
+    z = (three - a_hat) / 2
+    y = a_hat @ z
+    for _ in range(iterations - 1):
+        t = (three - z @ y) / 2
+        y, z = y @ t, t @ z
+    return y
+
+
+def newton_schulz_sqrt_reference(
+    a: torch.Tensor, *, iterations: int = 5, eps: float = 1e-10, triu: bool = False
+) -> torch.Tensor:
+    """float64 iSQRT of square matrices a (N, C, C), differentiable: a plain coupled loop.
+
+    S = (A + Aᵀ)/2, s = tr(S) + eps, Â = S/s; Y₀ = Â(3I − Â)/2, Z₀ = (3I − Â)/2; then
+    T = (3I − ZY)/2, Y ← YT, Z ← TZ; result √s·Y, or its upper triangle (diagonal included,
+    unweighted) row by row.
+    """
+    a64 = a.to(torch.float64)
+    sym = (a64 + a64.transpose(1, 2)) / 2
+    scale = torch.diagonal(sym, dim1=1, dim2=2).sum(dim=1) + eps
+    root = newton_schulz_polynomial_reference(sym / scale[:, None, None], iterations)
+    root = root * scale.sqrt()[:, None, None]
+    if triu:
+        rows, cols = torch.triu_indices(a.shape[1], a.shape[1])
+        return root[:, rows, cols]
+    return root
+
+
+def eigh_sqrt(a: torch.Tensor) -> torch.Tensor:
+    """The exact principal square root of symmetric PSD matrices (N, C, C), in float64."""
+    values, vectors = torch.linalg.eigh(a.to(torch.float64))
+    return vectors @ torch.diag_embed(values.clamp_min(0).sqrt()) @ vectors.transpose(1, 2)
+
+
+def spd_like(
+    num: int, channels: int, locations: int, *, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Covariances (N, C, C) of ReLU-like features over L locations; rank < C when L <= C."""
+    features = feature_like(num, channels, locations, dtype=torch.float64)
+    centred = features - features.mean(dim=2, keepdim=True)
+    return (centred @ centred.transpose(1, 2) / locations).to(dtype)
+
+
+def isqrt_cov_pool_reference(
+    x: torch.Tensor,
+    *,
+    iterations: int = 5,
+    center: bool = True,
+    triu: bool = True,
+    eps: float = 1e-10,
+) -> torch.Tensor:
+    """float64 iSQRT-COV of x (N, C, H, W) or (N, C, L): covariance by per-location outer
+    products of the centred features, then :func:`newton_schulz_sqrt_reference`; (N, D)."""
+    x64 = x.flatten(2).to(torch.float64)
+    if center:
+        x64 = x64 - x64.mean(dim=2, keepdim=True)
+    covariance = torch.einsum("nil,njl->nij", x64, x64) / x64.shape[2]
+    root = newton_schulz_sqrt_reference(covariance, iterations=iterations, eps=eps, triu=triu)
+    return root.reshape(root.shape[0], -1)

@@ -23,7 +23,7 @@ from onnxscript import opset18 as op
 
 from bcnn_triton.ops.coefficients import NORM_EPS
 
-__all__ = ["ONNX_TRANSLATIONS", "bilinear_pool_onnx"]
+__all__ = ["ONNX_TRANSLATIONS", "bilinear_pool_onnx", "matrix_sqrt_newton_schulz_onnx"]
 
 
 def _constant(values: np.ndarray) -> ir.Value:
@@ -80,7 +80,48 @@ def bilinear_pool_onnx(
     return out, op.Squeeze(norm, axis)
 
 
+def matrix_sqrt_newton_schulz_onnx(
+    a: FLOAT, iterations: int, eps: float, triu: bool, backend: str
+) -> tuple[FLOAT, FLOAT, FLOAT, FLOAT]:
+    """``bcnn_triton::matrix_sqrt_newton_schulz``: a (N, C, C) → (out, basis, values, scale).
+
+    The coupled Newton–Schulz iteration unrolled into MatMuls (``iterations`` is a constant).
+    ``out`` is √s·Y, (N, C, C) or its unweighted upper triangle (N, C(C+1)/2); the other
+    outputs are what the backward would keep where the op iterates: Â, zeros (N, C) and s.
+    """
+    channels = a.shape[1] if a.shape is not None else None
+    if not isinstance(channels, int):
+        raise ValueError("matrix_sqrt_newton_schulz needs a static channel count to export to ONNX")
+    identity = np.eye(channels, dtype=np.float32)
+    symmetric = op.Div(
+        op.Add(a, op.Transpose(a, perm=[0, 2, 1])), op.CastLike(_constant(np.array(2.0)), a)
+    )
+    trace = op.ReduceSum(
+        op.Mul(symmetric, op.CastLike(_constant(identity), a)),
+        _constant(np.array([1, 2], np.int64)),
+        keepdims=0,
+    )
+    scale = op.Add(trace, op.CastLike(_constant(np.array(eps)), trace))
+    as_matrices = _constant(np.array([1, 2], np.int64))
+    a_hat = op.Div(symmetric, op.Unsqueeze(scale, as_matrices))
+    three = op.CastLike(_constant(3.0 * identity), a)
+    half = op.CastLike(_constant(np.array(0.5)), a)
+    z = op.Mul(op.Sub(three, a_hat), half)
+    y = op.MatMul(a_hat, z)
+    for _ in range(iterations - 1):
+        t = op.Mul(op.Sub(three, op.MatMul(z, y)), half)
+        y, z = op.MatMul(y, t), op.MatMul(t, z)
+    out = op.Mul(y, op.Unsqueeze(op.Sqrt(scale), as_matrices))
+    if triu:
+        rows, cols = np.triu_indices(channels)
+        index = _constant((rows * channels + cols).astype(np.int64))
+        out = op.Gather(op.Flatten(out, axis=1), index, axis=1)
+    zeros = op.ConstantOfShape(op.Shape(a, start=0, end=2))
+    return out, a_hat, op.CastLike(zeros, a), scale
+
+
 #: ``torch.ops.bcnn_triton`` operator overload → its ONNX Script translation.
 ONNX_TRANSLATIONS: dict[torch._ops.OpOverload, Callable[..., object]] = {
     torch.ops.bcnn_triton.bilinear_pool.default: bilinear_pool_onnx,
+    torch.ops.bcnn_triton.matrix_sqrt_newton_schulz.default: matrix_sqrt_newton_schulz_onnx,
 }

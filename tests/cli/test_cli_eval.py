@@ -50,9 +50,10 @@ def test_validation_split(trained_run):
 
 @pytest.fixture(scope="module")
 def two_head_run(tmp_path_factory):
-    """The demo's layout: one run folder holding bilinear/ and gap/ (shared by the tests)."""
+    """The demo's layout with two heads: one run folder holding bilinear/ and gap/ (shared by
+    the tests)."""
     out = tmp_path_factory.mktemp("eval") / "demo"
-    assert main(["train", "--out", str(out), *TINY_TRAIN]) == 0
+    assert main(["train", "--out", str(out), "--head", "bilinear", "gap", *TINY_TRAIN]) == 0
     return out
 
 

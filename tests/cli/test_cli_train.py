@@ -13,15 +13,16 @@ from bcnn_triton.cli import main
 from bcnn_triton.train import engine
 
 
-def test_both_heads_and_the_comparison_table(tmp_path, capsys, tiny_train_args):
+def test_three_heads_and_the_comparison_table(tmp_path, capsys, tiny_train_args):
     out = tmp_path / "demo"
     assert main(["train", "--out", str(out), *tiny_train_args]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("synthetic second-order data (4 classes), backbone tiny, 32 px")
     assert "stage fc (frozen backbone)" in table[0]
-    assert table[2].split()[0] == "bilinear" and table[3].split()[0] == "gap"
+    assert [line.split()[0] for line in table[2:5]] == ["bilinear", "isqrt", "gap"]
+    assert "covariance, matrix sqrt" in table[3]
     assert table[2].endswith("s") and "%" in table[2]
-    for head in ("bilinear", "gap"):
+    for head in ("bilinear", "isqrt", "gap"):
         assert (out / head / "fc" / "best.pt").is_file()
         assert (out / head / "fc" / "metrics.json").is_file()
 
@@ -101,17 +102,20 @@ def test_ctrl_c_prints_the_command_that_continues(tmp_path, capsys, monkeypatch,
     command = line.split("interrupted: continue with: ", 1)[1]
     assert command.startswith("bcnn-triton train ") and command.endswith(f"--out {out} --resume")
     bilinear_history = json.loads((out / "bilinear" / "fc" / "metrics.json").read_text())
+    isqrt_history = json.loads((out / "isqrt" / "fc" / "metrics.json").read_text())
     assert (out / "gap" / "fc" / "checkpoint-0001.pt").is_file()  # nothing lost
 
     monkeypatch.undo()
     assert main(shlex.split(command)[1:]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert [row.split()[0] for row in table[2:4]] == ["bilinear", "gap"]
+    assert [row.split()[0] for row in table[2:5]] == ["bilinear", "isqrt", "gap"]
     gap = json.loads((out / "gap" / "fc" / "metrics.json").read_text())
     assert [row["epoch"] for row in gap["epochs"]] == [1, 2]
-    # The finished head was not trained again.
+    # The finished heads were not trained again.
     bilinear = json.loads((out / "bilinear" / "fc" / "metrics.json").read_text())
     assert bilinear["epochs"] == bilinear_history["epochs"]
+    isqrt = json.loads((out / "isqrt" / "fc" / "metrics.json").read_text())
+    assert isqrt["epochs"] == isqrt_history["epochs"]
 
 
 def test_ctrl_c_before_any_checkpoint(tmp_path, capsys, monkeypatch, tiny_train_args):

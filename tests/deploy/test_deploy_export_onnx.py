@@ -15,9 +15,15 @@ import numpy as np
 import pytest
 import torch
 from deploy.checkpoints import CLASSES, IMAGE_SIZE, MEAN, STD, tiny_model, write_checkpoint
-from reference import bilinear_pool_reference, feature_like
+from reference import (
+    bilinear_pool_reference,
+    feature_like,
+    isqrt_cov_pool_reference,
+    newton_schulz_sqrt_reference,
+    spd_like,
+)
 
-from bcnn_triton import bilinear_pool
+from bcnn_triton import bilinear_pool, isqrt_cov_pool, matrix_sqrt_newton_schulz
 from bcnn_triton.deploy import (
     ExportError,
     TrainedModel,
@@ -101,6 +107,40 @@ def test_operator_translation_matches_the_reference(tmp_path, options, cx, cy, s
         torch.testing.assert_close(got.double(), expected, atol=2e-6, rtol=1e-5)
 
 
+class MatrixSqrt(torch.nn.Module):
+    def __init__(self, **options):
+        super().__init__()
+        self.options = options
+
+    def forward(self, a):
+        return matrix_sqrt_newton_schulz(a, **self.options)
+
+
+@pytest.mark.parametrize(
+    "options", [dict(), dict(triu=True, iterations=3), dict(iterations=1, eps=1e-3)], ids=str
+)
+def test_matrix_sqrt_translation_matches_the_reference(tmp_path, options):
+    session = onnx_session(MatrixSqrt(**options).eval(), [spd_like(2, 7, 5)], tmp_path / "s.onnx")
+    for num in (1, 3):
+        a = spd_like(num, 7, 5)  # rank 4
+        got = torch.from_numpy(run(session, a.numpy()))
+        expected = newton_schulz_sqrt_reference(a, **options)
+        torch.testing.assert_close(got.double(), expected, atol=2e-6, rtol=1e-5)
+
+
+class ISqrtPool(torch.nn.Module):
+    def forward(self, x):
+        return isqrt_cov_pool(x)
+
+
+def test_isqrt_cov_pool_translates_through_both_operators(tmp_path):
+    x = feature_like(2, 6, 3, 5)
+    session = onnx_session(ISqrtPool().eval(), [x], tmp_path / "isqrt.onnx")
+    x = feature_like(3, 6, 3, 5, dead=0.2)
+    got = torch.from_numpy(run(session, x.numpy()))
+    torch.testing.assert_close(got.double(), isqrt_cov_pool_reference(x), atol=2e-6, rtol=1e-5)
+
+
 def model_logits_difference(trained, path, num):
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     images = torch.randn(num, 3, IMAGE_SIZE, IMAGE_SIZE)
@@ -114,6 +154,7 @@ MODELS = {
     "gap": dict(head="gap"),
     "triu": dict(triu=True),
     "two-stream+reduce": dict(second_backbone="tiny", reduce_dim=8),
+    "isqrt+reduce": dict(head="isqrt", reduce_dim=8),
 }
 
 

@@ -19,7 +19,12 @@ def pool_calls(program):
     return [node for node in program.graph.nodes if node.target is target]
 
 
-MODELS = {"bilinear": dict(), "triu": dict(triu=True), "two-stream": dict(second_backbone="tiny")}
+MODELS = {
+    "bilinear": dict(),
+    "triu": dict(triu=True),
+    "two-stream": dict(second_backbone="tiny"),
+    "isqrt": dict(head="isqrt", reduce_dim=8),
+}
 
 # Loads each program with torch and bcnn_triton only; saves their outputs and prints metadata.
 LOADER = """

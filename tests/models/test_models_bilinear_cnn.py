@@ -45,7 +45,7 @@ def cross_entropy_backward(model, images, num_classes):
 def test_backbones_and_channels_are_listed():
     assert BACKBONES == ("vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "resnet101", "tiny")
     assert [feature_channels(name) for name in BACKBONES] == [512, 512, 512, 512, 2048, 2048, 64]
-    assert HEADS == ("bilinear", "gap")
+    assert HEADS == ("bilinear", "isqrt", "gap")
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -428,7 +428,7 @@ def test_bad_global_pool_arguments_are_named(kwargs, match):
 
 
 def test_bad_head_and_config():
-    with pytest.raises(ValueError, match=r"head must be one of bilinear, gap; got 'max'"):
+    with pytest.raises(ValueError, match=r"head must be one of bilinear, isqrt, gap; got 'max'"):
         create_model("max", backbone="tiny")
     with pytest.raises(ValueError, match=r"head must be one of .*; got 'max'"):
         model_from_config({"head": "max", "backbone": "tiny"})
