@@ -172,25 +172,30 @@ def _gram_grad_kernel(
     mask = (rows < A_DIM) & (cols < B_DIM)
     grad_base = grad_ptr + n * stride_gradn
     out_base = out_ptr + n * stride_outn
+    # z enters through the projection and |z| only: a plain Gram's M is built from g alone
+    # (and its descriptor is not even kept for the backward).
+    USES_Z: tl.constexpr = SIGNED_SQRT or NORMALIZE
     if TRIU:
         low = tl.minimum(rows, cols)
         high = tl.maximum(rows, cols)
         entry = low * (2 * B_DIM - low - 1) // 2 + high
         on_diagonal = rows == cols
         g = tl.load(grad_base + entry * stride_gradd, mask=mask, other=0.0).to(tl.float32)
-        z = tl.load(out_base + entry, mask=mask, other=0.0).to(tl.float32)
-        z = tl.where(on_diagonal, z, z / SQRT2)
-        numer = tl.where(on_diagonal, 2.0 * g, SQRT2 * g) - 2.0 * projection * z
+        numer = tl.where(on_diagonal, 2.0 * g, SQRT2 * g)
+        if USES_Z:
+            z = tl.load(out_base + entry, mask=mask, other=0.0).to(tl.float32)
+            z = tl.where(on_diagonal, z, z / SQRT2)
+            numer = numer - 2.0 * projection * z
     else:
         entry = rows * B_DIM + cols
-        g = tl.load(grad_base + entry * stride_gradd, mask=mask, other=0.0).to(tl.float32)
-        z = tl.load(out_base + entry, mask=mask, other=0.0).to(tl.float32)
+        numer = tl.load(grad_base + entry * stride_gradd, mask=mask, other=0.0).to(tl.float32)
         if SELF:
             mirror = cols * B_DIM + rows
             g_mirror = tl.load(grad_base + mirror * stride_gradd, mask=mask, other=0.0)
-            numer = g + g_mirror.to(tl.float32) - 2.0 * projection * z
-        else:
-            numer = g - projection * z
+            numer = numer + g_mirror.to(tl.float32)
+        if USES_Z:
+            z = tl.load(out_base + entry, mask=mask, other=0.0).to(tl.float32)
+            numer = numer - (2.0 if SELF else 1.0) * projection * z
     if SIGNED_SQRT:
         # sign(G) = 0 where z = 0: no gradient there (padding lands here too).
         numer = tl.where(z == 0, 0.0, numer / tl.abs(z))
@@ -319,7 +324,8 @@ def bilinear_pool_bwd(
     """Gradients (dx, dy) of the bilinear pool; dy is None without a second stream.
 
     grad (N, D) any strides; x (N, Cx, L), y (N, Cy, L) or None, any strides; out (N, D) the
-    contiguous descriptor of the forward pass and norm (N,) its norms before normalization
+    contiguous descriptor of the forward pass (not read, and may be empty, without
+    ``signed_sqrt`` and ``normalize``) and norm (N,) its norms before normalization
     (float32, ignored unless ``normalize``); the options as in the forward. dx and dy keep the
     strides of x and y where they are dense (a channels_last map gets a channels_last
     gradient); a stream whose gradient is not needed gets None (the single stream always gets
@@ -340,8 +346,9 @@ def _backward(
     single = y is None
     channels_y = channels_x if single else y.shape[1]
     # Placeholders for pointers a launch never reads must still be real (non-empty) tensors.
-    partial = _partial_dots(out, grad) if normalize else out
-    norm = norm if normalize else out
+    out = out if signed_sqrt or normalize else grad
+    partial = _partial_dots(out, grad) if normalize else grad
+    norm = norm if normalize else grad
     m = torch.empty(
         (num_samples, channels_x, channels_y), device=x.device, dtype=_gram_grad_dtype(x.dtype)
     )

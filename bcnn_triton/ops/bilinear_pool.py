@@ -314,10 +314,16 @@ def _(grad, x, y, out, norm, signed_sqrt, normalize, triu, center, backend, need
     return torch.empty_like(x), dy
 
 
+def _kept_descriptor(out: torch.Tensor, signed_sqrt: bool, normalize: bool) -> torch.Tensor:
+    """What the backward needs of the descriptor: all of it, or nothing (an empty tensor) for a
+    plain Gram or covariance, whose gradient does not depend on it."""
+    return out if signed_sqrt or normalize else out.new_empty(0)
+
+
 def _setup_context(ctx, inputs, output):
     x, y, signed_sqrt, normalize, _eps, triu, center, backend = inputs
     out, norm = output
-    ctx.save_for_backward(x, y, out, norm)
+    ctx.save_for_backward(x, y, _kept_descriptor(out, signed_sqrt, normalize), norm)
     ctx.options = (signed_sqrt, normalize, triu, center, backend)
 
 
@@ -341,7 +347,7 @@ class _EagerBilinearPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, signed_sqrt, normalize, eps, triu, center, backend):
         out, norm = _forward(x, y, signed_sqrt, normalize, eps, triu, center, backend)
-        ctx.save_for_backward(x, y, out, norm)
+        ctx.save_for_backward(x, y, _kept_descriptor(out, signed_sqrt, normalize), norm)
         ctx.options = (signed_sqrt, normalize, triu, center, backend)
         return out
 

@@ -19,7 +19,7 @@ from bcnn_triton.ops.coefficients import NORM_EPS, backward_coefficients
 
 # The single-stream Gram is computed in at most this many row panels of at least this many
 # rows (fewer rows: one plain bmm beats several small ones and the extra passes).
-_MAX_PANELS = 8
+_MAX_PANELS = 4
 _MIN_PANEL_ROWS = 64
 
 __all__ = [
@@ -109,9 +109,10 @@ def _self_descriptor_by_panels(
     """The full single-stream descriptor from the Gram's row panels on and above the diagonal.
 
     The channels split into P panels; panel i is X_i·X_{i:}ᵀ, its rows of the Gram from its
-    diagonal block rightwards — (P + 1)/2P of the GEMM (9/16 with P = 8 at C = 512). The signed
-    square root runs on the panels; one last pass writes each panel, and the mirror of its part
-    right of the diagonal block, straight into the output, divided by the norm.
+    diagonal block rightwards — (P + 1)/2P of the GEMM (5/8 with P = 4; 8 panels of 64 rows
+    measured no faster at C = 512). The signed square root runs on the panels; one last pass
+    writes each panel, and the mirror of its part right of the diagonal block, straight into the
+    output, divided by the norm.
     """
     num_samples, channels, _ = x.shape
     count = min(_MAX_PANELS, channels // _MIN_PANEL_ROWS)
@@ -162,7 +163,8 @@ def bilinear_pool_backward_torch(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients of x and y from the descriptor gradient.
 
-    grad, out: (N, D); norm: (N,) the forward's norms (ignored unless ``normalize``). With
+    grad, out: (N, D) (out is not read, and may be empty, without ``signed_sqrt`` and
+    ``normalize``); norm: (N,) the forward's norms (ignored unless ``normalize``). With
     ``projection`` and ``scale`` from ``coefficients.backward_coefficients``, the Gram gradient
     is dG = (grad − projection·out)·scale / |out| (without the division when ``signed_sqrt``
     is off; zero where out = 0), then dX = (dG + dGᵀ)·X for one stream, or dX = dG·Y and
@@ -170,7 +172,8 @@ def bilinear_pool_backward_torch(
     ``scale``.
     """
     compute_dtype = compute_dtype_for(x.dtype)
-    z = out.to(compute_dtype)
+    # The descriptor enters through the projection and |z|; a plain Gram's gradient is g·scale.
+    z = out.to(compute_dtype) if signed_sqrt or normalize else None
     g = grad.to(compute_dtype)
     num_samples, channels_x, locations = x.shape
     x_c = _operand(x, center)
@@ -191,9 +194,10 @@ def bilinear_pool_backward_torch(
         rows, cols, weights = triu_indices_and_weights(channels_x, x.device, compute_dtype)
         # Entry k stands for G[i, j] and G[j, i] together: the pair's gradient sum is
         # sqrt(2)·g_k off the diagonal (weight w_k, shared by two entries) and 2·g_k on it.
-        z = z / weights
-        grad_pair_sum = g * torch.where(rows == cols, 2.0, math.sqrt(2.0)).to(compute_dtype)
-        pair = torch.addcmul(grad_pair_sum, z, projection, value=-2.0)
+        z = None if z is None else z / weights
+        pair = g * torch.where(rows == cols, 2.0, math.sqrt(2.0)).to(compute_dtype)
+        if normalize:
+            pair.addcmul_(z, projection, value=-2.0)
         pair = _divide_by_magnitude(pair, z) if signed_sqrt else pair
         pair.mul_(scale)
         sym = pair.new_zeros(num_samples, channels_x, channels_x)
@@ -204,13 +208,14 @@ def bilinear_pool_backward_torch(
     if y is None:
         # z is symmetric: dG + dGᵀ = (g + gᵀ − 2·projection·z)·scale / |z|.
         shape = (num_samples, channels_x, channels_x)
-        z = z.view(shape)
+        z = None if z is None else z.view(shape)
         sym = _plus_transpose(g.reshape(shape))
-        sym.addcmul_(z, projection.unsqueeze(2), value=-2.0)
+        if normalize:
+            sym.addcmul_(z, projection.unsqueeze(2), value=-2.0)
         sym = _divide_by_magnitude(sym, z) if signed_sqrt else sym
         sym.mul_(scale.unsqueeze(2))
         return torch.bmm(sym, x_c).to(x.dtype), None
-    d_gram = torch.addcmul(g, z, projection, value=-1.0)
+    d_gram = torch.addcmul(g, z, projection, value=-1.0) if normalize else g.clone()
     d_gram = _divide_by_magnitude(d_gram, z) if signed_sqrt else d_gram
     d_gram = d_gram.mul_(scale).view(num_samples, channels_x, -1)
     y_c = _operand(y, center)

@@ -463,3 +463,20 @@ def test_eager_calls_skip_the_custom_op_dispatch():
     x_ref = x.detach().to(torch.float64).requires_grad_()
     bilinear_pool_reference(x_ref).sum().backward()
     assert_close_scaled(x.grad, x_ref.grad, GRAD_TOLERANCES[torch.float32])
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_a_plain_gram_keeps_only_its_input_for_backward(center):
+    """Without the square root and the normalization the gradient does not depend on the
+    descriptor: a covariance for iSQRT-COV keeps the map alone (8 MB less at N = 32, C = 256)."""
+    x = feature_like(4, 32, 7, 7).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = bilinear_pool(x, signed_sqrt=False, normalize=False, center=center)
+    assert sum(t.numel() * t.element_size() for t in saved) == x.numel() * x.element_size()
+    weights = torch.randn(out.shape, dtype=torch.float64)
+    (out.to(torch.float64) * weights).sum().backward()
+    x_ref = x.detach().to(torch.float64).requires_grad_()
+    options = dict(signed_sqrt=False, normalize=False, center=center)
+    (bilinear_pool_reference(x_ref, **options) * weights).sum().backward()
+    assert_close_scaled(x.grad, x_ref.grad, GRAD_TOLERANCES[torch.float32])

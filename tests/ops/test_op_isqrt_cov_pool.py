@@ -101,15 +101,15 @@ def test_nan_stays_in_its_sample():
 
 
 def test_backward_keeps_the_features_and_three_small_tensors():
-    # The covariance op keeps the map and the covariance; the square root one (N, C, C) matrix
-    # (here the eigenvectors), one (N, C) and one (N,) tensor.
+    # The covariance op keeps the map alone (its gradient does not depend on the covariance);
+    # the square root one (N, C, C) matrix (here the eigenvectors), one (N, C) and one (N,).
     num, channels = 4, 32
     x = make_input((num, channels, (7, 7)), torch.float32).requires_grad_()
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         isqrt_cov_pool(x)
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved}
-    matrices = 2 * num * channels * channels * 4
+    matrices = num * channels * channels * 4
     assert sum(storages.values()) == x.numel() * 4 + matrices + num * (channels + 1) * 4
 
 
