@@ -9,6 +9,7 @@ import argparse
 import logging
 import math
 import sys
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -109,3 +110,12 @@ def non_negative_float(text: str) -> float:
     if value < 0.0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def add_model_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """The positional CHECKPOINT of predict and export: one trained model to load."""
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        help="best.pt, checkpoint-NNNN.pt, or a run folder (uses all/best.pt or fc/best.pt)",
+    )

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bcnn_triton.cli.common import configure_logging, positive_int
+from bcnn_triton.cli.common import add_model_checkpoint_argument, configure_logging, positive_int
 from bcnn_triton.config import EXPORT_FORMATS
 from bcnn_triton.errors import UserInputError
 
@@ -33,11 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "checkpoint",
-        type=Path,
-        help="best.pt, checkpoint-NNNN.pt, or a run folder (uses all/best.pt or fc/best.pt)",
-    )
+    add_model_checkpoint_argument(parser)
     parser.add_argument(
         "--format",
         choices=tuple(EXPORT_FORMATS),

@@ -9,7 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bcnn_triton.cli.common import configure_logging, non_negative_int, positive_int
+from bcnn_triton.cli.common import (
+    add_model_checkpoint_argument,
+    configure_logging,
+    non_negative_int,
+    positive_int,
+)
 from bcnn_triton.config import AMP_MODES
 
 if TYPE_CHECKING:
@@ -40,11 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "checkpoint",
-        type=Path,
-        help="best.pt, checkpoint-NNNN.pt, or a run folder (uses all/best.pt or fc/best.pt)",
-    )
+    add_model_checkpoint_argument(parser)
     parser.add_argument(
         "inputs",
         nargs="+",
