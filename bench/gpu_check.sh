@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check (about 6-7 min on a bare H100/H200): install, GPU tests, tuning sweep,
+# One-shot GPU check (at most 7 min on a bare H100/H200): install, GPU tests, tuning sweep,
 # benchmarks, summary. Every step writes its own files and prints its timing; a step that fails,
 # hangs or runs out of time does not stop the next one.
 #
@@ -46,11 +46,11 @@ step "environment"
 
 pytest_extra=()
 python -c "import xdist" 2> /dev/null && pytest_extra+=(-n 8)
-python -c "import pytest_timeout" 2> /dev/null && pytest_extra+=(--timeout 150)
+python -c "import pytest_timeout" 2> /dev/null && pytest_extra+=(--timeout 120)
 
 if wants tests; then
     step "gpu tests (${pytest_extra[*]:-serial})"
-    bounded 240 python -m pytest -p no:cacheprovider -m gpu -q -rs "${pytest_extra[@]}" tests \
+    bounded 150 python -m pytest -p no:cacheprovider -m gpu -q -rs "${pytest_extra[@]}" tests \
         > "$out/gpu_tests.log" 2>&1
     code=$?
     tail -n 25 "$out/gpu_tests.log"
@@ -59,7 +59,7 @@ fi
 
 if wants tune; then
     step "tuning sweep"
-    bounded 210 python bench/tune_kernels.py --out "$out" --budget-s 150 > "$out/tune.log" 2>&1
+    bounded 130 python bench/tune_kernels.py --out "$out" --budget-s 100 > "$out/tune.log" 2>&1
     code=$?
     tail -n 40 "$out/tune.log"
     [ "$code" -eq 0 ] || status=1
@@ -67,7 +67,7 @@ fi
 
 if wants bench; then
     step "gpu benchmarks"
-    BCNN_BENCH_BUDGET_S=120 bounded 190 python -m pytest -p no:cacheprovider -q \
+    BCNN_BENCH_BUDGET_S=90 bounded 130 python -m pytest -p no:cacheprovider -q \
         bench/test_bench_gpu.py --benchmark-only --benchmark-json="$out/benchmark.json" \
         --benchmark-columns=median,iqr,rounds > "$out/bench.log" 2>&1
     code=$?
