@@ -327,15 +327,19 @@ def _setup_context(ctx, inputs, output):
     ctx.options = (signed_sqrt, normalize, triu, center, backend)
 
 
-def _backward(ctx, grad_out, _grad_norm):
+def _input_gradients(ctx, grad_out, backward):
+    """(dx, dy, None × 6) from the context ``_setup_context`` filled, through ``backward`` (the
+    registered backward op, or its body)."""
     x, y, out, norm = ctx.saved_tensors
     needs_dx, needs_dy = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    dx, dy = torch.ops.bcnn_triton.bilinear_pool_backward(
-        grad_out, x, y, out, norm, *ctx.options, needs_dx, needs_dy
-    )
+    dx, dy = backward(grad_out, x, y, out, norm, *ctx.options, needs_dx, needs_dy)
     dx = dx if needs_dx else None
     dy = dy if (y is not None and needs_dy) else None
     return dx, dy, None, None, None, None, None, None
+
+
+def _backward(ctx, grad_out, _grad_norm):
+    return _input_gradients(ctx, grad_out, torch.ops.bcnn_triton.bilinear_pool_backward)
 
 
 _bilinear_pool_op.register_autograd(_backward, setup_context=_setup_context)
@@ -345,18 +349,12 @@ class _EagerBilinearPool(torch.autograd.Function):
     """The registered op's forward and backward bodies, without the custom-op dispatch."""
 
     @staticmethod
-    def forward(ctx, x, y, signed_sqrt, normalize, eps, triu, center, backend):
-        out, norm = _forward(x, y, signed_sqrt, normalize, eps, triu, center, backend)
-        ctx.save_for_backward(x, y, _kept_descriptor(out, signed_sqrt, normalize), norm)
-        ctx.options = (signed_sqrt, normalize, triu, center, backend)
-        return out
+    def forward(ctx, *inputs):
+        output = _forward(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output[0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x, y, out, norm = ctx.saved_tensors
-        needs_dx, needs_dy = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dx, dy = _backward_impl(grad_out, x, y, out, norm, *ctx.options, needs_dx, needs_dy)
-        dx = dx if needs_dx else None
-        dy = dy if (y is not None and needs_dy) else None
-        return dx, dy, None, None, None, None, None, None
+        return _input_gradients(ctx, grad_out, _backward_impl)
