@@ -6,17 +6,12 @@ Two operators are registered in the ``bcnn_triton`` namespace:
   -> (out, norm)``
 - ``bcnn_triton::bilinear_pool_backward(grad, x, y, out, norm, ...) -> (dx, dy)``
 
-Both are ``torch.library.custom_op``s: opaque to torch.compile, so a compiled model calls them
-as one node with no graph break, on CPU (torch path) and on CUDA (Triton kernels) alike. The
-``backend`` argument is "auto" unless the caller chose one, and "auto" is resolved inside the
-body from the tensors at run time: a graph traced or exported on one machine picks the Triton
-kernels on CUDA and the torch path elsewhere, wherever it runs.
-
-In plain eager mode ``bilinear_pool`` calls the same bodies through a ``torch.autograd.Function``
-instead: the custom-op dispatch costs about 16 µs more per call (forward and backward each),
-which at a few tens of microseconds of GPU work per call would decide the op's speed. Whenever
-anything traces or transforms the call — torch.compile, torch.export, make_fx, fake or other
-tensor subclasses, functorch — the registered op runs, so graphs always hold it.
+They follow the template of ``bcnn_triton.ops.registration``: a compiled or exported model
+calls each as one node with no graph break, on CPU (torch path) and on CUDA (Triton kernels)
+alike, and plain eager calls skip the custom-op dispatch. The ``backend`` argument is "auto"
+unless the caller chose one, and "auto" is resolved inside the body from the tensors at run
+time: a graph traced or exported on one machine picks the Triton kernels on CUDA and the torch
+path elsewhere, wherever it runs.
 """
 
 from __future__ import annotations
@@ -26,9 +21,9 @@ import math
 from typing import Literal
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from bcnn_triton.kernels.common import interpreter_enabled
+from bcnn_triton.ops.registration import FusedOperator
 from bcnn_triton.ops.torch_path import (
     bilinear_pool_backward_torch,
     bilinear_pool_forward_torch,
@@ -207,21 +202,8 @@ def bilinear_pool(
     x_flat, y_flat = _check_arguments(x, y, triu)
     if backend is not None:
         resolve_backend(backend, x_flat)  # a backend that cannot run here fails now, clearly
-    args = (x_flat, y_flat, signed_sqrt, normalize, float(eps), triu, center, backend or "auto")
-    if _plain_eager(x_flat, y_flat):
-        return _EagerBilinearPool.apply(*args)
-    out, _ = torch.ops.bcnn_triton.bilinear_pool(*args)
-    return out
-
-
-def _plain_eager(x: torch.Tensor, y: torch.Tensor | None) -> bool:
-    """Nothing traces or transforms this call: plain tensors, no compile, no dispatch mode."""
-    return (
-        type(x) is torch.Tensor
-        and (y is None or type(y) is torch.Tensor)
-        and not torch.compiler.is_compiling()
-        and _get_current_dispatch_mode() is None
-        and not torch._C._are_functorch_transforms_active()
+    return BILINEAR_POOL(
+        x_flat, y_flat, signed_sqrt, normalize, float(eps), triu, center, backend or "auto"
     )
 
 
@@ -259,15 +241,11 @@ def _forward(
     )
 
 
-_bilinear_pool_op = torch.library.custom_op("bcnn_triton::bilinear_pool", mutates_args=())(_forward)
-
-
-@_bilinear_pool_op.register_fake
-def _(x, y, signed_sqrt, normalize, eps, triu, center, backend):
+def _forward_fake(x, y, signed_sqrt, normalize, eps, triu, center, backend):
     return _empty_outputs(x, y, normalize, triu)
 
 
-def _backward_impl(
+def _backward(
     grad: torch.Tensor,
     x: torch.Tensor,
     y: torch.Tensor | None,
@@ -298,18 +276,14 @@ def _backward_impl(
     return dx, dy
 
 
-_bilinear_pool_backward_op = torch.library.custom_op(
-    "bcnn_triton::bilinear_pool_backward", mutates_args=()
-)(_backward_impl)
-
-
 def _zeros_like_y(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     """A zero gradient for y, or the empty (0,) placeholder of the single-stream case."""
     return x.new_empty(0) if y is None else torch.zeros_like(y)
 
 
-@_bilinear_pool_backward_op.register_fake
-def _(grad, x, y, out, norm, signed_sqrt, normalize, triu, center, backend, needs_dx, needs_dy):
+def _backward_fake(
+    grad, x, y, out, norm, signed_sqrt, normalize, triu, center, backend, needs_dx, needs_dy
+):
     dy = x.new_empty(0) if y is None else torch.empty_like(y)
     return torch.empty_like(x), dy
 
@@ -327,34 +301,22 @@ def _setup_context(ctx, inputs, output):
     ctx.options = (signed_sqrt, normalize, triu, center, backend)
 
 
-def _input_gradients(ctx, grad_out, backward):
-    """(dx, dy, None × 6) from the context ``_setup_context`` filled, through ``backward`` (the
-    registered backward op, or its body)."""
+def _input_gradients(ctx, grad_out, backward, needs_input_grad):
+    """(dx, dy, None × 6) from what ``_setup_context`` saved, through ``backward``."""
     x, y, out, norm = ctx.saved_tensors
-    needs_dx, needs_dy = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    needs_dx, needs_dy = needs_input_grad[0], needs_input_grad[1]
     dx, dy = backward(grad_out, x, y, out, norm, *ctx.options, needs_dx, needs_dy)
     dx = dx if needs_dx else None
     dy = dy if (y is not None and needs_dy) else None
     return dx, dy, None, None, None, None, None, None
 
 
-def _backward(ctx, grad_out, _grad_norm):
-    return _input_gradients(ctx, grad_out, torch.ops.bcnn_triton.bilinear_pool_backward)
-
-
-_bilinear_pool_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _EagerBilinearPool(torch.autograd.Function):
-    """The registered op's forward and backward bodies, without the custom-op dispatch."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        output = _forward(*inputs)
-        _setup_context(ctx, inputs, output)
-        return output[0]
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        return _input_gradients(ctx, grad_out, _backward_impl)
+BILINEAR_POOL = FusedOperator(
+    "bilinear_pool",
+    forward=_forward,
+    forward_fake=_forward_fake,
+    backward=_backward,
+    backward_fake=_backward_fake,
+    setup_context=_setup_context,
+    input_gradients=_input_gradients,
+)

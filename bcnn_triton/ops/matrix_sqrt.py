@@ -7,8 +7,9 @@ Two operators are registered in the ``bcnn_triton`` namespace:
 - ``bcnn_triton::matrix_sqrt_newton_schulz_backward(grad, basis, values, scale, iterations,
   triu, backend) -> grad_a``
 
-``backend`` is "auto" unless the caller chose one, resolved inside the body at run time, as for
-``bilinear_pool``; the outputs have the same shapes whichever way runs.
+They follow the template of ``bcnn_triton.ops.registration``. ``backend`` is "auto" unless the
+caller chose one, resolved inside the body at run time, as for ``bilinear_pool``; the outputs
+have the same shapes whichever way runs.
 
 The forward computes, per sample, with S = (A + Aᵀ)/2 and s = tr(S) + eps,
 
@@ -41,6 +42,7 @@ from bcnn_triton.ops.matrix_sqrt_torch import (
     spectral_gradient_torch,
     spectral_newton_schulz_torch,
 )
+from bcnn_triton.ops.registration import FusedOperator
 from bcnn_triton.ops.torch_path import compute_dtype_for
 
 __all__ = ["check_iterations", "matrix_sqrt_newton_schulz", "triu_size"]
@@ -122,10 +124,7 @@ def matrix_sqrt_newton_schulz(
     check_options(eps, backend)
     if backend is not None:
         resolve_backend(backend, a)  # a backend that cannot run here fails now, clearly
-    out, *_ = torch.ops.bcnn_triton.matrix_sqrt_newton_schulz(
-        a, int(iterations), float(eps), bool(triu), backend or "auto"
-    )
-    return out
+    return MATRIX_SQRT_NEWTON_SCHULZ(a, int(iterations), float(eps), bool(triu), backend or "auto")
 
 
 def _normalized(a: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,8 +162,7 @@ def _empty_outputs(a: torch.Tensor, triu: bool):
     )
 
 
-@torch.library.custom_op("bcnn_triton::matrix_sqrt_newton_schulz", mutates_args=())
-def _matrix_sqrt_op(
+def _forward(
     a: torch.Tensor, iterations: int, eps: float, triu: bool, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """a: (N, C, C) → √s·Y (N, C, C) or its upper triangle (N, C(C+1)/2), and what the
@@ -194,13 +192,11 @@ def _matrix_sqrt_op(
     return out.to(a.dtype), basis, values, scale
 
 
-@_matrix_sqrt_op.register_fake
-def _(a, iterations, eps, triu, backend):
+def _forward_fake(a, iterations, eps, triu, backend):
     return _empty_outputs(a, triu)
 
 
-@torch.library.custom_op("bcnn_triton::matrix_sqrt_newton_schulz_backward", mutates_args=())
-def _matrix_sqrt_backward_op(
+def _backward(
     grad: torch.Tensor,
     basis: torch.Tensor,
     values: torch.Tensor,
@@ -236,8 +232,7 @@ def _symmetric_gradient(grad: torch.Tensor, triu: bool, channels: int) -> torch.
     return (grad + grad.transpose(1, 2)).mul_(0.5)
 
 
-@_matrix_sqrt_backward_op.register_fake
-def _(grad, basis, values, scale, iterations, triu, backend):
+def _backward_fake(grad, basis, values, scale, iterations, triu, backend):
     return torch.empty_like(basis)
 
 
@@ -249,12 +244,21 @@ def _setup_context(ctx, inputs, output):
     ctx.input_dtype = a.dtype
 
 
-def _backward(ctx, grad_out, _grad_basis, _grad_values, _grad_scale):
+def _input_gradients(ctx, grad_out, backward, needs_input_grad):
+    """(grad a, None × 4) from what ``_setup_context`` saved, through ``backward``."""
+    if not needs_input_grad[0]:
+        return None, None, None, None, None
     basis, values, scale = ctx.saved_tensors
-    grad_a = torch.ops.bcnn_triton.matrix_sqrt_newton_schulz_backward(
-        grad_out, basis, values, scale, *ctx.options
-    )
+    grad_a = backward(grad_out, basis, values, scale, *ctx.options)
     return grad_a.to(ctx.input_dtype), None, None, None, None
 
 
-_matrix_sqrt_op.register_autograd(_backward, setup_context=_setup_context)
+MATRIX_SQRT_NEWTON_SCHULZ = FusedOperator(
+    "matrix_sqrt_newton_schulz",
+    forward=_forward,
+    forward_fake=_forward_fake,
+    backward=_backward,
+    backward_fake=_backward_fake,
+    setup_context=_setup_context,
+    input_gradients=_input_gradients,
+)

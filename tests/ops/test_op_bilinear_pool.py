@@ -453,18 +453,6 @@ def test_a_broken_triton_install_is_not_silently_ignored(monkeypatch):
         bcnn_triton.ops.triton_available.cache_clear()
 
 
-def test_eager_calls_skip_the_custom_op_dispatch():
-    """Eager autograd runs the op's bodies through an autograd.Function (less host work per
-    call); tracing (make_fx above, torch.compile, export) still records the registered op."""
-    x = feature_like(2, 6, 5).requires_grad_()
-    out = bilinear_pool(x)
-    assert type(out.grad_fn).__name__ == "_EagerBilinearPoolBackward"
-    out.sum().backward()
-    x_ref = x.detach().to(torch.float64).requires_grad_()
-    bilinear_pool_reference(x_ref).sum().backward()
-    assert_close_scaled(x.grad, x_ref.grad, GRAD_TOLERANCES[torch.float32])
-
-
 @pytest.mark.parametrize("center", [False, True])
 def test_a_plain_gram_keeps_only_its_input_for_backward(center):
     """Without the square root and the normalization the gradient does not depend on the
