@@ -20,7 +20,8 @@ examples:
 Both files take normalized images (N, 3, S, S) float32, any N, and give logits (N, classes);
 they record the class names and the preprocessing (ONNX: metadata 'classes' and
 'preprocessing'; pt2: extra file 'bcnn_triton.json'). The ONNX file runs in onnxruntime without
-bcnn-triton; loading the pt2 file with torch.export.load needs 'import bcnn_triton' first."""
+bcnn-triton; load the pt2 file with bcnn_triton.deploy.load_pt2, or with torch.export.load
+after 'import bcnn_triton.ops' (which registers the operators it calls)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

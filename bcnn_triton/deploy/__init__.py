@@ -11,6 +11,7 @@ from bcnn_triton.deploy.export import (
     export_onnx,
     export_pt2,
     exported_program,
+    load_pt2,
     missing_translations,
 )
 from bcnn_triton.deploy.loading import (
@@ -40,6 +41,7 @@ __all__ = [
     "export_pt2",
     "exported_program",
     "find_checkpoint",
+    "load_pt2",
     "load_trained_model",
     "missing_translations",
     "output_format",

@@ -8,9 +8,10 @@ extra file ``bcnn_triton.json``).
 - ONNX: our operators are written in standard ONNX operators (see
   :mod:`bcnn_triton.deploy.onnx_ops`), so the file runs in onnxruntime without this package.
   Needs ``onnx`` and ``onnxscript`` (``pip install 'bcnn-triton[export]'``).
-- pt2: ``torch.export.load`` needs ``import bcnn_triton`` first (it registers the operator).
-  The operator's ``backend`` argument is resolved when the program runs, from the tensors'
-  device, so a program exported on a CPU runs the Triton kernels on a GPU and vice versa.
+- pt2: load it with :func:`load_pt2`, or with ``torch.export.load`` after
+  ``import bcnn_triton.ops`` (which registers the operators the program calls). The operator's
+  ``backend`` argument is resolved when the program runs, from the tensors' device, so a
+  program exported on a CPU runs the Triton kernels on a GPU and vice versa.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+import bcnn_triton.ops  # noqa: F401  registers the operators that exported programs call
 from bcnn_triton.config import EXPORT_FORMATS
 from bcnn_triton.deploy.loading import TrainedModel
 from bcnn_triton.errors import UserInputError
@@ -36,6 +38,7 @@ __all__ = [
     "export_onnx",
     "export_pt2",
     "exported_program",
+    "load_pt2",
     "missing_translations",
 ]
 
@@ -96,6 +99,22 @@ def export_pt2(trained: TrainedModel, path: str | Path) -> Path:
     extra_files = {PT2_METADATA_FILE: json.dumps(export_metadata(trained))}
     atomic_write(path, lambda handle: torch.export.save(program, handle, extra_files=extra_files))
     return Path(path)
+
+
+def load_pt2(path: str | Path) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
+    """A program saved by :func:`export_pt2` and its metadata (classes, preprocessing, config).
+
+    Example:
+        >>> program, metadata = load_pt2("runs/cub/all/best.pt2")  # doctest: +SKIP
+        >>> logits = program.module()(torch.randn(2, 3, 448, 448))  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"pt2 file {path} does not exist")
+    extra_files = {PT2_METADATA_FILE: ""}
+    program = torch.export.load(path, extra_files=extra_files)
+    metadata = json.loads(extra_files[PT2_METADATA_FILE] or "{}")
+    return program, metadata
 
 
 def _onnx_translations() -> dict[torch._ops.OpOverload, Any]:

@@ -1,4 +1,5 @@
-"""pt2 export: torch.export with a dynamic batch; loading needs only ``import bcnn_triton``."""
+"""pt2 export: torch.export with a dynamic batch; loading needs only ``import bcnn_triton.ops``
+(or ``bcnn_triton.deploy.load_pt2``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import torch
 from deploy.checkpoints import CLASSES, IMAGE_SIZE, tiny_model, write_checkpoint
 from torch.export.passes import move_to_device_pass
 
-from bcnn_triton.deploy import PT2_METADATA_FILE, export_pt2, exported_program, load_trained_model
+from bcnn_triton.deploy import (
+    PT2_METADATA_FILE,
+    export_pt2,
+    exported_program,
+    load_pt2,
+    load_trained_model,
+)
+from bcnn_triton.errors import UserInputError
 
 
 def pool_calls(program):
@@ -26,25 +34,35 @@ MODELS = {
     "isqrt": dict(head="isqrt", reduce_dim=8),
 }
 
-# Loads each program with torch and bcnn_triton only; saves their outputs and prints metadata.
-LOADER = """
+# Load each program in a fresh process, as the README shows; save outputs, print metadata.
+LOAD_WITH_TORCH = """
+import json
+import torch
+import bcnn_triton.ops  # registers the operators the programs call
+def load(path):
+    extra = {"bcnn_triton.json": ""}
+    program = torch.export.load(path, extra_files=extra)
+    return program, json.loads(extra["bcnn_triton.json"])
+"""
+LOAD_WITH_OUR_LOADER = """
+from bcnn_triton.deploy import load_pt2 as load
+"""
+RUN_ALL = """
 import json, sys
 import torch
-import bcnn_triton  # registers the operator the programs call
 inputs = torch.load(sys.argv[1])
 outputs, metadata = {}, {}
 for path in sys.argv[3:]:
-    extra = {"bcnn_triton.json": ""}
-    program = torch.export.load(path, extra_files=extra)
+    program, metadata[path] = load(path)
     outputs[path] = {num: program.module()(images) for num, images in inputs.items()}
-    metadata[path] = json.loads(extra["bcnn_triton.json"])
 torch.save(outputs, sys.argv[2])
 print(json.dumps(metadata))
 """
 
 
 @pytest.mark.slow
-def test_round_trip_in_a_process_that_imports_only_bcnn_triton(tmp_path):
+@pytest.mark.parametrize("loader", [LOAD_WITH_TORCH, LOAD_WITH_OUR_LOADER], ids=["torch", "ours"])
+def test_round_trip_in_a_fresh_process(tmp_path, loader):
     assert PT2_METADATA_FILE == "bcnn_triton.json"  # the name the loader (and README) uses
     models = {}
     for name, options in MODELS.items():
@@ -52,8 +70,9 @@ def test_round_trip_in_a_process_that_imports_only_bcnn_triton(tmp_path):
         models[str(export_pt2(trained, tmp_path / f"{name}.pt2"))] = trained
     inputs = {num: torch.randn(num, 3, IMAGE_SIZE, IMAGE_SIZE) for num in (1, 3)}
     torch.save(inputs, tmp_path / "inputs.pt")
+    code = loader + RUN_ALL
     done = subprocess.run(
-        [sys.executable, "-c", LOADER, tmp_path / "inputs.pt", tmp_path / "out.pt", *models],
+        [sys.executable, "-c", code, tmp_path / "inputs.pt", tmp_path / "out.pt", *models],
         capture_output=True,
         text=True,
         check=True,
@@ -85,6 +104,11 @@ def test_the_graph_does_not_hard_wire_the_exporting_machines_backend(tmp_path):
     program = exported_program(load_trained_model(write_checkpoint(tmp_path)))
     [call] = pool_calls(program)
     assert call.args[-1] == "auto"
+
+
+def test_loading_a_missing_file_names_it(tmp_path):
+    with pytest.raises(UserInputError, match=r"pt2 file .*missing\.pt2 does not exist"):
+        load_pt2(tmp_path / "missing.pt2")
 
 
 def test_a_failed_save_leaves_no_file(tmp_path, monkeypatch):
