@@ -204,7 +204,7 @@ class TrainConfig:
         _check_choice("--head", self.head, HEADS)
         _check_choice("--backbone", self.backbone, BACKBONES)
         _check_choice("--amp", self.amp, AMP_MODES)
-        _check_choice("resume", self.resume, RESUME_MODES)
+        _check_choice("--resume", self.resume, RESUME_MODES)
         if not self.stages or any(stage not in STAGES for stage in self.stages):
             raise UserInputError(f"stages must be among {', '.join(STAGES)}; got {self.stages}")
         minimum = min_image_size(self.backbone)
@@ -220,13 +220,17 @@ class TrainConfig:
         _check_number("--batch-size", self.batch_size, 1, integer=True)
         _check_number("--workers", self.workers, 0, integer=True)
         _check_number("--plateau-patience", self.plateau_patience, 0, integer=True)
+        _check_fraction("plateau_factor", self.plateau_factor)  # no flag: Python API only
         if self.reduce_dim is not None:
             _check_number("--reduce-dim", self.reduce_dim, 1, integer=True)
         for name in ("val_fraction", "test_fraction"):
-            value = getattr(self.data, name)
-            if not 0.0 < value < 1.0:
-                flag = "--" + name.replace("_", "-")
-                raise UserInputError(f"{flag} must be between 0 and 1 (exclusive); got {value}")
+            _check_fraction("--" + name.replace("_", "-"), getattr(self.data, name))
+
+
+def _check_fraction(name: str, value: object) -> None:
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (valid and 0.0 < value < 1.0):
+        raise UserInputError(f"{name} must be between 0 and 1 (exclusive); got {value!r}")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

@@ -30,3 +30,15 @@ def test_readme_extras_and_console_script_exist():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert {"plot", "test"} <= set(project["optional-dependencies"])
     assert project["scripts"]["bcnn-triton"] == "bcnn_triton.cli:main"
+
+
+def test_no_dependency_caps_a_future_release():
+    """A resolver must be able to pair the project with a newer torch (or anything else): lower
+    bounds only; a private API that changes is guarded in the code instead."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [
+        r for extra in project["optional-dependencies"].values() for r in extra
+    ]
+    capped = [r for r in requirements if re.search(r"<|==|~=|!=", r.split(";")[0])]
+    assert not capped
