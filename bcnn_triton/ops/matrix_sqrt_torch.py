@@ -11,12 +11,12 @@ function, each where it is fast:
   tangent is symmetric too) — three times the forward's products, no iterate stored;
 - **spectral** (CPU): one ``eigh`` of Â, then Y = U·diag(p(λ))·Uᵀ with p run as the coupled
   recurrence on the eigenvalues, keeping U and λ; the backward is U·(D ∘ UᵀEU)·Uᵀ with D the
-  divided differences [p](λᵢ, λⱼ) (Daleckii–Krein) — four products and no ``eigh``. On the
-  2-core CPU (N = 32, C = 256, five steps; ``bench/test_bench_isqrt_cpu.py``,
-  ``test_matrix_sqrt_ways``) an ``eigh`` of the batch takes about ten batched products' time:
-  forward 73.6 ms and backward 35.1 ms this way, against 78.2 ms and 233 ms iterating
-  (bench/results/2026-11-27-cpu-2core-isqrt). On a GPU a batched ``eigh`` is slow and the products
-  are cheap: there the iteration wins.
+  divided differences [p](λᵢ, λⱼ) (Daleckii–Krein) — four products and no ``eigh``. On a CPU
+  an ``eigh`` of the batch takes about ten batched products' time, so this way's forward is
+  about as fast as iterating and its backward several times faster
+  (``bench/test_bench_isqrt_cpu.py::test_matrix_sqrt_ways``; figures in
+  bench/results/2026-11-27-cpu-2core-isqrt). On a GPU a batched ``eigh`` is slow and the
+  products are cheap: there the iteration wins.
 
 Both are exact up to rounding; the tests hold each to a float64 run of the plain iteration.
 """
