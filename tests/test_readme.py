@@ -1,4 +1,5 @@
-"""README.md: its two commands are the ones CI runs, and what they name exists."""
+"""README.md, the front door: its two commands come first and are the ones CI runs, what they
+name exists, and it stays short enough to read in five minutes (the manual is docs/)."""
 
 import re
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+MAX_README_LINES = 250
 
 
 def _readme_commands() -> list[str]:
@@ -17,6 +19,13 @@ def test_readme_starts_with_the_main_job_and_the_test_command():
     main_job, tests = _readme_commands()
     assert main_job == "pip install -e '.[plot]' && bcnn-triton train"
     assert tests == "pip install -e '.[test]' && python -m pytest"
+
+
+def test_readme_is_short():
+    lines = len((ROOT / "README.md").read_text().splitlines())
+    assert lines <= MAX_README_LINES, (
+        f"README.md has {lines} lines; keep it within {MAX_README_LINES} and move detail to docs/"
+    )
 
 
 def test_ci_runs_the_readme_test_command():
