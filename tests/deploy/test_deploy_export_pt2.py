@@ -34,7 +34,7 @@ MODELS = {
     "isqrt": dict(head="isqrt", reduce_dim=8),
 }
 
-# Load each program in a fresh process, as the README shows; save outputs, print metadata.
+# Load each program in a fresh process, as docs/deploy.md shows; save outputs, print metadata.
 LOAD_WITH_TORCH = """
 import json
 import torch
@@ -63,7 +63,7 @@ print(json.dumps(metadata))
 @pytest.mark.slow
 @pytest.mark.parametrize("loader", [LOAD_WITH_TORCH, LOAD_WITH_OUR_LOADER], ids=["torch", "ours"])
 def test_round_trip_in_a_fresh_process(tmp_path, loader):
-    assert PT2_METADATA_FILE == "bcnn_triton.json"  # the name the loader (and README) uses
+    assert PT2_METADATA_FILE == "bcnn_triton.json"  # the name the loader (and docs/deploy.md) uses
     models = {}
     for name, options in MODELS.items():
         trained = load_trained_model(write_checkpoint(tmp_path / name, tiny_model(**options)))
