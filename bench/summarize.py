@@ -23,6 +23,8 @@ IMPL_ORDER = (
     "torch_path",
     "spectral",
     "fused",
+    "registered",
+    "bypass",
 )
 
 
@@ -48,7 +50,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 #: Our implementations, by preference: a row's "ours" is the first one it has.
-OURS = ("fused", "torch_path", "spectral")
+OURS = ("fused", "torch_path", "spectral", "bypass")
 
 
 def markdown_table(cases: list[dict], machine: str) -> str:

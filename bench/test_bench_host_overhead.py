@@ -17,11 +17,13 @@ import torch
 from bcnn_triton import bilinear_pool, matrix_sqrt_newton_schulz
 from bcnn_triton.ops import registration
 
+# op → (function, input, L); the square root takes C×C matrices, with no locations (L = 0).
 OPS = {
-    "bilinear_pool": (bilinear_pool, lambda: torch.rand(2, 8, 7, 7)),
+    "bilinear_pool": (bilinear_pool, lambda: torch.rand(2, 8, 7, 7), 49),
     "matrix_sqrt_newton_schulz": (
         matrix_sqrt_newton_schulz,
         lambda: torch.eye(8).expand(2, 8, 8).contiguous(),
+        0,
     ),
 }
 
@@ -30,11 +32,13 @@ OPS = {
 @pytest.mark.parametrize("way", ["bypass", "registered"])
 @pytest.mark.parametrize("op", list(OPS))
 def test_host_overhead(benchmark, monkeypatch, op, way, mode):
-    function, make_input = OPS[op]
+    function, make_input, locations = OPS[op]
     if way == "registered":
         monkeypatch.setattr(registration, "_get_current_dispatch_mode", None)
     benchmark.group = f"host {op} {mode}"
-    benchmark.extra_info.update(op=op, impl=way, mode=mode, device="cpu")
+    benchmark.extra_info.update(
+        op=op, impl=way, mode=mode, dtype="float32", N=2, C=8, L=locations, device="cpu"
+    )
     inputs = make_input()
     if mode == "fwd":
         with torch.no_grad():

@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a checkpoint (best.pt or checkpoint-NNNN.pt) on the data it was "
         "trained on (stored in the checkpoint) or on --data. Writes metrics.json (top-1, top-5, "
         "per-class accuracy, confusion matrix) and confusion.png into --out. A run folder of "
-        "several heads (the demo's bilinear/ and gap/) evaluates each head, one line each.",
+        "several heads (the demo's bilinear/, isqrt/ and gap/) evaluates each head, one line each.",
     )
     parser.add_argument(
         "checkpoint",

@@ -2,7 +2,8 @@
 
 Composed from two registered ops — ``bilinear_pool(..., center=True)`` for the covariance and
 ``matrix_sqrt_newton_schulz`` — each with its own lean backward: autograd keeps the feature map
-(the covariance op's input) and the covariance (the square root's input), nothing else.
+(the covariance op's input) and, for the square root, one C×C matrix per sample (the normalized
+covariance Â, or its eigenvectors on the CPU path), C values and the trace; nothing else.
 """
 
 from __future__ import annotations
