@@ -4,13 +4,15 @@
 crash — sees either the old complete file or the new complete file, never a truncated one.
 
 A write that fails (a full disk, a read-only filesystem...) raises an ``OSError`` naming the
-target file, whatever library did the writing. A process killed mid-write (SIGKILL) leaves its
+target file, whatever library did the writing (the writer itself never sees the error, see
+``_KeptErrorFile``). A process killed mid-write (SIGKILL) leaves its
 temp file, ``.<name>.<8 random characters>.tmp``: :func:`remove_stale_temp_files` removes them
 where no other process can be writing (the run folder's lock, see ``run_folder``).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tempfile
@@ -41,11 +43,53 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def _os_error_behind(error: BaseException) -> OSError | None:
-    """``error`` itself if an OSError, else the OSError among its causes and contexts, if any.
+class _KeptErrorFile(io.RawIOBase):
+    """The temp file as a writer sees it: a write or flush that fails is kept, not raised.
 
-    torch.save, for one, reports a failed write of its file as a RuntimeError
-    ("[enforce fail at inline_container.cc...] unexpected pos") whose context is the OSError.
+    Raised into torch's zip writer (torch.save, torch.export.save), an OSError leaves the
+    archive half-done; its C++ destructor later retries the end of the archive, fails again,
+    and aborts the whole process ("terminate called after throwing an instance of
+    'c10::Error' ... unexpected pos", seen with torch.export.save on a full disk). Kept here,
+    the error is raised by atomic_write once the writer has returned; later writes are dropped.
+    """
+
+    def __init__(self, handle: BinaryIO) -> None:
+        super().__init__()
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._handle.seekable()
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._handle.seek(offset, whence)
+
+    def write(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                self._handle.write(data)
+            except OSError as error:
+                self.error = error
+        return memoryview(data).nbytes
+
+    def flush(self) -> None:
+        if self.error is None and not self._handle.closed:
+            try:
+                self._handle.flush()
+            except OSError as error:
+                self.error = error
+
+
+def _os_error_behind(error: BaseException) -> OSError | None:
+    """The OSError behind ``error``: itself, or one of its causes or contexts; else None.
+
+    A writer may wrap the error of a file operation of its own in another exception.
     """
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
@@ -86,7 +130,15 @@ def _write_and_replace(path: Path, write: Callable[[BinaryIO], None]) -> None:
         # mkstemp creates the file private (0600); results are ordinary readable files.
         os.fchmod(descriptor, 0o644)
         with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
+            kept = _KeptErrorFile(handle)
+            try:
+                write(kept)
+            except Exception as error:
+                if kept.error is None:
+                    raise
+                raise kept.error from error
+            if kept.error is not None:
+                raise kept.error
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_path, path)
