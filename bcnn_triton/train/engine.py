@@ -469,7 +469,7 @@ class _StageRun:
         return row, improved
 
     def save_epoch(self, row: Mapping[str, Any], improved: bool) -> None:
-        """Rank 0: best.pt (if improved), the epoch checkpoint, metrics, curves, one log line.
+        """Rank 0: the epoch checkpoint, best.pt (if improved), metrics, curves, one log line.
 
         Raises:
             TrainingError: a file cannot be written (no space...); names the file and the
@@ -553,7 +553,8 @@ class _StageRun:
             raise CheckpointError(
                 f"{path} is not this run's best epoch: it holds epoch {found[0]} of run "
                 f"{found[1]}, the run's checkpoints name epoch {self.best[0]} of run "
-                f"{self.run_id}; it was replaced after the run stopped"
+                f"{self.run_id}; it was replaced after the run stopped: put the run's own back, "
+                "or train again into another --out"
             )
         return saved["model"]
 
