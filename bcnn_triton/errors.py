@@ -1,6 +1,6 @@
 """Exception types the command line reports as one line: bad input (status 2), failed run (1)."""
 
-__all__ = ["TrainingError", "UserInputError"]
+__all__ = ["TrainingError", "UserInputError", "os_error_text"]
 
 
 class UserInputError(Exception):
@@ -19,3 +19,9 @@ class UserInputError(Exception):
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss diverged); the message says what to change."""
+
+
+def os_error_text(error: OSError) -> str:
+    """``<file>: <reason>`` for an OSError, e.g. ``runs/a/best.pt: No space left on device``."""
+    reason = error.strerror or str(error)
+    return reason if error.filename is None else f"{error.filename}: {reason}"

@@ -1,8 +1,10 @@
 """The bcnn-triton command line: ``train``, ``eval``, ``bench``, ``predict`` and ``export``.
 
 Errors in what the user gave (flags, missing folders, corrupt files, incompatible
-checkpoints...) end as one line ``error: ...`` on stderr and exit status 2; a diverged run exits
-with status 1; Ctrl-C exits with status 130 and says how to continue the run.
+checkpoints, an unwritable or busy ``--out``...) end as one line ``error: ...`` on stderr and
+exit status 2; a diverged run, or a file that cannot be written during a run (a full disk...),
+exits with status 1; Ctrl-C exits with status 130 and SIGTERM with 143, and say how to continue
+the run.
 
 The parser is built without importing torch (the names it offers come from
 ``bcnn_triton.config``), so ``--help`` and argument errors answer at once; each command's
@@ -20,8 +22,8 @@ from typing import NoReturn
 
 from bcnn_triton import __version__
 from bcnn_triton.cli import bench, evaluate, export, predict, train
-from bcnn_triton.cli.common import InterruptedRunError
-from bcnn_triton.errors import TrainingError, UserInputError
+from bcnn_triton.cli.common import InterruptedRunError, TerminatedError, sigterm_as_interrupt
+from bcnn_triton.errors import TrainingError, UserInputError, os_error_text
 
 __all__ = ["build_parser", "main"]
 
@@ -60,16 +62,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
-        return args.handler(args)
+        with sigterm_as_interrupt():
+            return args.handler(args)
     except UserInputError as error:
         print(f"{_rank_prefix()}error: {error.command_line}", file=sys.stderr)
         return 2
     except TrainingError as error:
         print(f"{_rank_prefix()}error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:
+        print(f"{_rank_prefix()}error: {os_error_text(error)}", file=sys.stderr)
+        return 1
     except InterruptedRunError as interrupted:
-        print(f"{_rank_prefix()}interrupted: {interrupted}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(f"{_rank_prefix()}interrupted", file=sys.stderr)
-        return 130
+        print(f"{_rank_prefix()}{interrupted.what}: {interrupted}", file=sys.stderr)
+        return interrupted.exit_status
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, TerminatedError)
+        print(f"{_rank_prefix()}{'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130

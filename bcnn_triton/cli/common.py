@@ -1,4 +1,4 @@
-"""What the subcommands share: argument types, logging through tqdm, the interrupt report.
+"""What the subcommands share: argument types, logging through tqdm, interrupts and SIGTERM.
 
 Nothing here imports torch (the parser is built from it).
 """
@@ -8,13 +8,18 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 __all__ = [
     "InterruptedRunError",
+    "TerminatedError",
     "TqdmLoggingHandler",
     "configure_logging",
     "integer",
@@ -22,12 +27,52 @@ __all__ = [
     "non_negative_int",
     "positive_float",
     "positive_int",
+    "sigterm_as_interrupt",
     "unit_fraction",
 ]
 
 
+class TerminatedError(KeyboardInterrupt):
+    """SIGTERM (what schedulers send to stop a job), raised where Ctrl-C raises.
+
+    A KeyboardInterrupt, so that every path that handles Ctrl-C handles it the same way: temp
+    files removed, the run folder's lock dropped, DataLoader workers ending quietly.
+    """
+
+
 class InterruptedRunError(Exception):
-    """Ctrl-C during a run; the message says how to continue it (exit status 130)."""
+    """Ctrl-C or SIGTERM during a run; the message says how to continue it.
+
+    ``exit_status``: 130 after Ctrl-C, 143 after SIGTERM (128 + the signal's number, as a shell
+    reports a process the signal ended).
+    """
+
+    def __init__(self, message: str, *, terminated: bool = False) -> None:
+        super().__init__(message)
+        self.what = "terminated (SIGTERM)" if terminated else "interrupted"
+        self.exit_status = 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises TerminatedError in the main thread, as Ctrl-C raises.
+
+    A second SIGTERM ends the process at once: the handler restores the previous one first.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminate(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, previous)
+        raise TerminatedError
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class TqdmLoggingHandler(logging.Handler):

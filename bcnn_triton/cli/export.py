@@ -68,10 +68,13 @@ def run_export(args: argparse.Namespace) -> int:
         find_checkpoint,
         load_trained_model,
     )
+    from bcnn_triton.train.run_folder import check_writable_file
 
     configure_logging()
     checkpoint = find_checkpoint(args.checkpoint)
     chosen, out = _format_and_path(args, checkpoint)
+    # Before the model is loaded and traced: an unwritable --out fails at once.
+    check_writable_file(out, "--out" if args.out is not None else "output file")
     trained = load_trained_model(checkpoint, device="cpu", image_size=args.image_size)
     export_model(trained, out, chosen)
     size = trained.preprocessing.image_size

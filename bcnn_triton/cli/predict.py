@@ -102,10 +102,13 @@ def format_table(predictions: Sequence[Prediction]) -> str:
 def run_predict(args: argparse.Namespace) -> int:
     """Handler of ``bcnn-triton predict``."""
     from bcnn_triton.deploy import Predictor, output_format, write_predictions
+    from bcnn_triton.train.run_folder import check_writable_file
 
     configure_logging()
     if args.output is not None:
-        output_format(args.output)  # a bad extension fails before any work
+        # A bad extension or an unwritable place fails before any work.
+        output_format(args.output)
+        check_writable_file(args.output, "--output")
     predictor = Predictor(
         args.checkpoint,
         device=args.device,

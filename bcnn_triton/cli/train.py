@@ -18,6 +18,7 @@ from typing import Any
 
 from bcnn_triton.cli.common import (
     InterruptedRunError,
+    TerminatedError,
     configure_logging,
     integer,
     non_negative_float,
@@ -488,26 +489,40 @@ def _how_to_continue(
     return "continue with: " + shlex.join(["bcnn-triton", *kept, "--out", str(out), "--resume"])
 
 
+def _train_heads(configs: list[TrainConfig], context) -> list[tuple[TrainConfig, list, float]]:
+    """Train each head in turn; several heads share one run folder, held for all of them."""
+    from contextlib import nullcontext
+
+    from bcnn_triton.train import run_training
+    from bcnn_triton.train.run_folder import hold_run_folder
+
+    several = len(configs) > 1
+    runs = []
+    with hold_run_folder(configs[0].out.parent, context) if several else nullcontext():
+        for config in configs:
+            started = time.perf_counter()
+            results = run_training(config, context)
+            runs.append((config, results, time.perf_counter() - started))
+    return runs
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Handler of ``bcnn-triton train``: run each head, then print the results."""
     from tqdm.auto import tqdm
 
-    from bcnn_triton.train import init_distributed, run_training, shutdown_distributed
+    from bcnn_triton.train import init_distributed, shutdown_distributed
 
     context = init_distributed(args.device)
     configure_logging(context.rank, context.distributed)
     clean_exit = False
     try:
         configs = build_train_configs(args, context.world_size)
-        runs = []
         try:
-            for config in configs:
-                started = time.perf_counter()
-                results = run_training(config, context)
-                runs.append((config, results, time.perf_counter() - started))
-        except KeyboardInterrupt:
+            runs = _train_heads(configs, context)
+        except KeyboardInterrupt as interrupt:
             raise InterruptedRunError(
-                _how_to_continue(args, configs, context.distributed)
+                _how_to_continue(args, configs, context.distributed),
+                terminated=isinstance(interrupt, TerminatedError),
             ) from None
         if context.is_main:
             tqdm.write(_comparison_table(runs))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,20 +50,78 @@ class PredictionResult:
     unreadable: list[UnreadableImage]
 
 
-def _images_in_folder(folder: Path) -> list[Path]:
-    found = []
-    for directory, subdirectories, files in os.walk(folder, followlinks=True):
-        subdirectories.sort()
-        found.extend(
-            Path(directory) / name
-            for name in sorted(files)
-            if name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+def _identity(path: str | Path) -> tuple[int, int] | Path:
+    """(device, inode) of the file or folder ``path`` names, links followed.
+
+    The path itself where it cannot be read: a broken link is then reported as unreadable
+    under its own name.
+    """
+    try:
+        info = os.stat(path)
+    except OSError:
+        return Path(path)
+    return info.st_dev, info.st_ino
+
+
+def _walk_once(top: str | Path, *, hidden_folders: bool = True) -> Iterator[tuple[str, list[str]]]:
+    """``os.walk(top, followlinks=True)`` listing each real folder once: (folder, its files).
+
+    Links are followed, so a folder can come again (a second link to it, or a link to a folder
+    above it: a loop); it is listed where the sorted, top-down walk first meets it.
+    """
+    visited: set[tuple[int, int] | Path] = set()
+    for directory, subdirectories, files in os.walk(top, followlinks=True):
+        identity = _identity(directory)
+        if identity in visited:
+            subdirectories.clear()
+            continue
+        visited.add(identity)
+        subdirectories[:] = sorted(
+            name for name in subdirectories if hidden_folders or not name.startswith(".")
         )
+        yield directory, files
+
+
+def _images_in_folder(folder: Path) -> list[Path]:
+    found = [
+        Path(directory) / name
+        for directory, files in _walk_once(folder)
+        for name in sorted(files)
+        if name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+    ]
     if not found:
         raise UserInputError(
             f"no images under folder {folder} (looked for {', '.join(IMG_EXTENSIONS)})"
         )
     return found
+
+
+def _glob(pattern: str) -> list[str]:
+    """``glob.glob(pattern, recursive=True)``, but ``**`` visits each real folder once.
+
+    glob follows links under ``**`` and never stops in a loop: two links to ``.`` or ``..``
+    make it exponential. Here the part before ``**`` is globbed (one level at a time, which
+    ends), and ``**`` is a walk of each match (hidden folders skipped, as glob does).
+    """
+    parts = pattern.split(os.sep)
+    if "**" not in parts:
+        return glob.glob(pattern)
+    split = parts.index("**")
+    head, rest = os.sep.join(parts[:split]), os.sep.join(parts[split + 1 :])
+    if split == 1 and not parts[0]:
+        head = os.sep  # "/**/...": from the root
+    bases = glob.glob(head) if glob.has_magic(head) else [head]
+    matches = []
+    for base in bases:
+        for directory, _ in _walk_once(base or os.curdir, hidden_folders=False):
+            # Relative patterns give relative names, as glob does ("a/b.png", not "./a/b.png").
+            directory = os.path.relpath(directory) if not base else directory
+            folder = "" if directory == os.curdir else directory
+            if rest:
+                matches.extend(_glob(os.path.join(glob.escape(folder), rest)))
+            else:
+                matches.append(folder or os.curdir)
+    return matches
 
 
 def _expand(item: str | Path) -> list[Path]:
@@ -73,7 +131,7 @@ def _expand(item: str | Path) -> list[Path]:
     if path.is_dir():
         return _images_in_folder(path)
     if _GLOB_CHARACTERS & set(str(item)):
-        matches = sorted(glob.glob(str(item), recursive=True))
+        matches = sorted(set(_glob(str(item))))
         files = [Path(match) for match in matches if os.path.isfile(match)]
         folders = [Path(match) for match in matches if os.path.isdir(match)]
         found = files + [image for folder in folders for image in _images_in_folder(folder)]
@@ -86,9 +144,10 @@ def _expand(item: str | Path) -> list[Path]:
 def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     """Image files named by ``inputs``: files as given, folders searched recursively, globs.
 
-    A folder contributes its files with an image extension (sorted, hidden files skipped); a
-    glob (``*``, ``?``, ``[...]``; ``**`` spans folders) its matching files and folders. Each
-    file appears once, in the order first named.
+    A folder contributes its files with an image extension (sorted, hidden files skipped),
+    following links to folders, each real folder once (a link loop ends there); a glob (``*``,
+    ``?``, ``[...]``; ``**`` spans folders) its matching files and folders. Each real file
+    appears once (not again under another link or name), in the order first named.
 
     Raises:
         UserInputError: no inputs, a path that does not exist, a glob that matches nothing,
@@ -96,13 +155,13 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     """
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    seen: dict[Path, None] = {}
+    seen: dict[tuple[int, int] | Path, Path] = {}
     for item in inputs:
         for path in _expand(item):
-            seen.setdefault(path, None)
+            seen.setdefault(_identity(path), path)
     if not seen:
         raise UserInputError("no input images given")
-    return list(seen)
+    return list(seen.values())
 
 
 class Predictor:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from bcnn_triton.errors import UserInputError
 from bcnn_triton.train.atomic import atomic_torch_save
@@ -37,6 +38,7 @@ __all__ = [
     "checkpoint_paths",
     "load_checkpoint",
     "load_latest_checkpoint",
+    "load_weights",
     "restore_rng_state",
     "save_best",
     "save_checkpoint",
@@ -115,18 +117,30 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+_HOLDS_OBJECTS = (
+    "it holds Python objects, which are not loaded for safety (our checkpoints hold only "
+    "tensors, numbers, strings, lists and dicts)"
+)
+
+
 def _why_unloadable(path: Path, error: Exception) -> str:
     # torch's own message for these cases advises weights_only=False, i.e. running code from an
     # unknown file: never pass that on.
-    if isinstance(error, pickle.UnpicklingError):
-        return (
-            "it holds Python objects, which are not loaded for safety (our checkpoints hold only "
-            "tensors, numbers, strings, lists and dicts)"
-        )
-    if not zipfile.is_zipfile(path):
+    if zipfile.is_zipfile(path):
+        if isinstance(error, pickle.UnpicklingError):
+            return _HOLDS_OBJECTS
+        first_sentence = str(error).split(". ")[0].strip()
+        return f"{type(error).__name__}: {first_sentence}"
+    with path.open("rb") as handle:
+        start = handle.read(4)
+    if start.startswith(b"PK"):
         return "it is not a complete zip archive, as torch.save writes"
-    first_sentence = str(error).split(". ")[0].strip()
-    return f"{type(error).__name__}: {first_sentence}"
+    # A pickle (protocol 2 or later, as torch's old format) starts with the PROTO opcode.
+    if start.startswith(b"\x80") and isinstance(error, pickle.UnpicklingError):
+        return _HOLDS_OBJECTS
+    if not start:
+        return "it is empty"
+    return "it is neither a zip archive, as torch.save writes, nor a pickle"
 
 
 def load_latest_checkpoint(directory: str | Path) -> tuple[dict[str, Any], Path] | None:
@@ -169,6 +183,52 @@ def check_compatible(
         raise CheckpointError(
             f"checkpoint {source} was made for another model: " + ", ".join(differences)
         )
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "×".join(str(size) for size in tensor.shape) or "scalar"
+
+
+def _weights_mismatch(expected: Mapping[str, torch.Tensor], saved: Any) -> str | None:
+    """What keeps ``saved`` from loading as ``expected`` (a model's state dict), or None."""
+    if not isinstance(saved, Mapping) or not all(
+        isinstance(value, torch.Tensor) for value in saved.values()
+    ):
+        return "its weights are not a dict of tensors"
+    problems = [
+        f"{key} is {_shape(saved[key])} in the file, {_shape(value)} in the model"
+        for key, value in expected.items()
+        if key in saved and saved[key].shape != value.shape
+    ]
+    problems += [f"{key} is missing from the file" for key in expected if key not in saved]
+    problems += [f"{key} is in the file, not in the model" for key in saved if key not in expected]
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0] + more
+
+
+def load_weights(model: nn.Module, weights: Any, source: str | Path) -> None:
+    """``model.load_state_dict(weights)`` with a one-line CheckpointError when they do not fit.
+
+    ``weights`` come from ``source``; the model was built from the config stored with them, so a
+    mismatch means a checkpoint whose config (class count, backbone...) is not its weights'.
+    """
+    problem = _weights_mismatch(model.state_dict(), weights)
+    if problem is None:
+        try:
+            model.load_state_dict(weights)
+            return
+        except RuntimeError as error:
+            problem = str(error).strip().splitlines()[-1].strip()
+    config = getattr(model, "config", {})
+    described = ", ".join(
+        f"{key} {config[key]}" for key in ("head", "backbone", "num_classes") if key in config
+    )
+    raise CheckpointError(
+        f"checkpoint {source}: its weights do not fit the model its config describes "
+        f"({described}): {problem}"
+    )
 
 
 def capture_rng_state() -> dict[str, Any]:

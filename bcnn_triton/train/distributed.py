@@ -8,11 +8,13 @@ torchrun's ``--nnodes/--rdzv-*`` flags): torchrun's environment (``WORLD_SIZE``,
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import Sampler
 
 from bcnn_triton.errors import UserInputError
@@ -22,10 +24,14 @@ __all__ = [
     "ShardedEvalSampler",
     "all_reduce_sum",
     "barrier",
+    "broadcast_state",
     "init_distributed",
+    "on_main_rank",
     "resolve_device",
     "shutdown_distributed",
 ]
+
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,38 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.T
     if context.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def on_main_rank(context: DistributedContext, action: Callable[[], Result]) -> Result | None:
+    """``action()`` on rank 0 only; a UserInputError it raises is raised on every rank.
+
+    The other ranks wait for rank 0's outcome (one broadcast), so a refusal there (a locked or
+    unwritable run folder...) ends every process with the same one-line error instead of
+    leaving them waiting in the next collective. Returns the result on rank 0, None elsewhere.
+    """
+    result, failure = None, None
+    if context.is_main:
+        try:
+            result = action()
+        except UserInputError as error:
+            failure = error
+    if context.distributed:
+        outcome = [None if failure is None else (str(failure), failure.command_line)]
+        device = context.device if context.device.type == "cuda" else None
+        dist.broadcast_object_list(outcome, src=0, device=device)
+        if not context.is_main and outcome[0] is not None:
+            message, command_line = outcome[0]
+            raise UserInputError(message, command_line=command_line)
+    if failure is not None:
+        raise failure
+    return result
+
+
+def broadcast_state(module: nn.Module, context: DistributedContext) -> None:
+    """Overwrite ``module``'s parameters and buffers on every rank with rank 0's (in place)."""
+    if context.distributed:
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
 
 
 class ShardedEvalSampler(Sampler[int]):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +28,14 @@ from tqdm.auto import tqdm
 from bcnn_triton.config import TrainConfig
 from bcnn_triton.data import DataSplits, collate_images, split_unreadable
 from bcnn_triton.data.seeding import derive_seed
-from bcnn_triton.errors import TrainingError, UserInputError
+from bcnn_triton.errors import TrainingError, UserInputError, os_error_text
 from bcnn_triton.train.checkpoint import (
     BEST_NAME,
+    CheckpointError,
     capture_rng_state,
     load_checkpoint,
+    load_latest_checkpoint,
+    load_weights,
     restore_rng_state,
     save_best,
     save_checkpoint,
@@ -40,6 +45,8 @@ from bcnn_triton.train.distributed import (
     ShardedEvalSampler,
     all_reduce_sum,
     barrier,
+    broadcast_state,
+    on_main_rank,
 )
 from bcnn_triton.train.reports import plot_training_curves, write_metrics
 
@@ -365,8 +372,15 @@ class _StageRun:
         self.scaler = torch.amp.GradScaler(context.device.type, enabled=config.amp == "fp16")
         self.epochs = config.epochs[stage]
         self.start_epoch, self.history, self.best = 0, [], (0, -1.0)
+        # Rank 0: the best epoch's weights (on the CPU), tested at the end whatever happens to
+        # best.pt meanwhile. None until known in memory (an improving epoch, or resuming from
+        # the best epoch's checkpoint).
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        # Names this stage's files (best.pt, checkpoints) as one run's, kept across resumes.
+        self.run_id = uuid.uuid4().hex
         if resume_from is not None:
             self._restore(resume_from)
+        self.metadata["run_id"] = self.run_id
         self.trained_model = _data_parallel(self.model, context)
         self.loader, self.sampler = _train_loader(data.train, config, context)
         self.warned: set[str] = set()
@@ -394,7 +408,8 @@ class _StageRun:
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         """Continue from a loaded epoch checkpoint of this stage."""
-        self.model.load_state_dict(state["model"])
+        source = f"of epoch {state['epoch']} in {self.directory}"
+        load_weights(self.model, state["model"], source)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -402,6 +417,11 @@ class _StageRun:
         self.start_epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.best = (int(state["best_epoch"]), float(state["best_val_acc"]))
+        self.run_id = state.get("run_id") or self.run_id
+        if self.best[0] == self.start_epoch and self.context.is_main:
+            # The checkpoint is the best epoch's, so its weights are the best weights, whatever
+            # best.pt holds: a kill between the two writes leaves the previous best there.
+            self.best_weights = dict(state["model"])
 
     def train_epoch(self, epoch: int) -> tuple[dict[str, Any], bool]:
         """Train and validate epoch ``epoch`` (0-based); its history row and whether it is best."""
@@ -441,17 +461,29 @@ class _StageRun:
         improved = val.top1 > self.best[1]
         if improved:
             self.best = (epoch + 1, val.top1)
+            if self.context.is_main:
+                self.best_weights = {
+                    name: tensor.detach().to("cpu", copy=True)
+                    for name, tensor in self.model.state_dict().items()
+                }
         return row, improved
 
     def save_epoch(self, row: Mapping[str, Any], improved: bool) -> None:
-        """Rank 0: best.pt (if improved), the epoch checkpoint, metrics, curves, one log line."""
+        """Rank 0: the epoch checkpoint, best.pt (if improved), metrics, curves, one log line.
+
+        Raises:
+            TrainingError: a file cannot be written (no space...); names the file and the
+                last complete checkpoint, which is intact.
+        """
         epoch = row["epoch"]
-        if improved:
-            best = {"kind": "best", "epoch": epoch, "val_acc": row["val_acc"]}
-            save_best({**self.metadata, **best, "model": self.model.state_dict()}, self.directory)
-        save_checkpoint(self._checkpoint_state(epoch), self.directory, epoch)
-        write_metrics(self.directory, self.history, self._summary())
-        plot_training_curves(self.history, self.directory / "curves.png")
+        with self._writing(f"epoch {epoch}"):
+            # The checkpoint first: it records the best epoch, and if it is this one, it holds
+            # the best weights too (see _restore).
+            save_checkpoint(self._checkpoint_state(epoch), self.directory, epoch)
+            if improved:
+                self.save_best()
+            write_metrics(self.directory, self.history, self._summary())
+            plot_training_curves(self.history, self.directory / "curves.png")
         logger.info(
             "%s %d/%d  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  lr %.3g  %.1fs%s",
             self.stage,
@@ -484,14 +516,67 @@ class _StageRun:
     def _summary(self, **extra: Any) -> dict[str, Any]:
         return {**self.summary, "best_epoch": self.best[0], "best_val_acc": self.best[1], **extra}
 
+    def save_best(self) -> None:
+        """Rank 0: ``best.pt`` from the best weights in memory."""
+        best = {"kind": "best", "epoch": self.best[0], "val_acc": self.best[1]}
+        with self._writing(f"epoch {self.best[0]}"):
+            save_best({**self.metadata, **best, "model": self.best_weights}, self.directory)
+
+    @contextmanager
+    def _writing(self, when: str) -> Iterator[None]:
+        """Turn an OSError of the block into a TrainingError that says what is kept."""
+        try:
+            yield
+        except OSError as error:
+            try:
+                found = load_latest_checkpoint(self.directory)
+            except CheckpointError:
+                found = None
+            kept = (
+                "no epoch checkpoint is complete yet"
+                if found is None
+                else f"the last complete checkpoint, {found[1]}, is intact: continue with "
+                "--resume once the file can be written"
+            )
+            raise TrainingError(
+                f"stage {self.stage}, {when}: cannot write {os_error_text(error)}; {kept}"
+            ) from None
+
+    def _selected_weights(self) -> dict[str, torch.Tensor]:
+        """Rank 0: the best epoch's weights; from best.pt only if it is this run's."""
+        if self.best_weights is not None:
+            return self.best_weights
+        path = self.directory / BEST_NAME
+        saved = load_checkpoint(path)
+        found = (saved.get("epoch"), saved.get("run_id", self.run_id))
+        if found != (self.best[0], self.run_id):
+            raise CheckpointError(
+                f"{path} is not this run's best epoch: it holds epoch {found[0]} of run "
+                f"{found[1]}, the run's checkpoints name epoch {self.best[0]} of run "
+                f"{self.run_id}; it was replaced after the run stopped: put the run's own back, "
+                "or train again into another --out"
+            )
+        return saved["model"]
+
     def test_best(self) -> StageResult:
-        """Load the best epoch's weights, evaluate the test split once, write metrics.json."""
-        self.model.load_state_dict(load_checkpoint(self.directory / BEST_NAME)["model"])
+        """Evaluate the test split once with the best epoch's weights, write metrics.json.
+
+        The weights are those this run selected, kept in memory on rank 0 and sent to the other
+        ranks, never re-read from a best.pt that something else could have replaced; a resumed
+        run that has not improved since reads best.pt after checking that it is its own.
+        """
+        weights = on_main_rank(self.context, self._selected_weights)
+        if weights is not None:
+            load_weights(self.model, weights, self.directory / BEST_NAME)
+        broadcast_state(self.model, self.context)
         test = self.evaluate(self.data.test, f"{self.stage} test")
         if self.context.is_main:
-            write_metrics(
-                self.directory, self.history, self._summary(test=test.as_dict(self.data.classes))
-            )
+            with self._writing("test"):
+                write_metrics(
+                    self.directory,
+                    self.history,
+                    self._summary(test=test.as_dict(self.data.classes)),
+                )
             logger.info(
                 "stage %s: best val accuracy %.2f%% (epoch %d); test accuracy %.2f%% (%d images)",
                 self.stage,
@@ -538,6 +623,8 @@ def train_stage(
     run = _StageRun(
         model, data, config, stage, Path(directory), context, metadata or {}, resume_from
     )
+    if run.best_weights is not None:
+        run.save_best()  # resumed from the best epoch: best.pt may lag behind its checkpoint
     if run.start_epoch >= run.epochs and context.is_main:
         logger.info("stage %s: all %d epochs already done in %s", stage, run.epochs, directory)
     for epoch in range(run.start_epoch, run.epochs):

@@ -30,9 +30,11 @@ from bcnn_triton.train.checkpoint import (
     checkpoint_paths,
     load_checkpoint,
     load_latest_checkpoint,
+    load_weights,
 )
 from bcnn_triton.train.distributed import DistributedContext
 from bcnn_triton.train.engine import StageResult, train_stage
+from bcnn_triton.train.run_folder import hold_run_folder
 
 __all__ = ["RESUME_MODES", "TrainConfig", "build_model", "load_model", "run_training"]
 
@@ -55,14 +57,15 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The model stored in a best.pt or epoch checkpoint, with its weights, and the state dict.
 
     Raises:
-        CheckpointError: missing, corrupt, or not a bcnn-triton checkpoint.
+        CheckpointError: missing, corrupt, or not a bcnn-triton checkpoint, or weights that do
+            not fit the model config stored with them.
     """
     state = load_checkpoint(path)
     try:
         model = model_from_config(state["model_config"])
-        model.load_state_dict(state["model"])
-    except (KeyError, ValueError, TypeError, RuntimeError) as error:
+    except (KeyError, ValueError, TypeError) as error:
         raise CheckpointError(f"checkpoint {path} does not hold a usable model: {error}") from None
+    load_weights(model, state.get("model"), path)
     return model, state
 
 
@@ -134,10 +137,21 @@ def _stage_model(
 def run_training(config: TrainConfig, context: DistributedContext) -> list[StageResult]:
     """Run ``config.stages`` in order and return their results (test accuracy of each).
 
+    ``config.out`` is held for the whole run (see :func:`hold_run_folder`): checked writable
+    before anything is read or trained, locked against other runs, cleared of the temp files
+    of a killed run.
+
     Raises:
-        UserInputError: bad options, data, model options, init weights or resume state.
+        UserInputError: bad options, data, model options, init weights or resume state; an
+            ``out`` that cannot be written, or that another run holds (RunFolderBusyError).
+        TrainingError: the run diverged, or a file could not be written during the run.
     """
     config.check()
+    with hold_run_folder(config.out, context, config.stages):
+        return _run_stages(config, context)
+
+
+def _run_stages(config: TrainConfig, context: DistributedContext) -> list[StageResult]:
     _check_resume(config)
     data: DataSplits = build_datasets(config.data)
     wanted = {

@@ -190,6 +190,23 @@ def test_foreign_file_is_not_our_checkpoint(tmp_path, capsys, content):
     # torch's own message advises weights_only=False: running code from an unknown file.
     assert "weights_only" not in stderr
     assert path.read_bytes() == before
+    holds_objects = "it holds Python objects, which are not loaded for safety" in stderr
+    assert holds_objects == (content != "bytes"), stderr
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+def test_checkpoint_whose_weights_do_not_fit_its_config(tmp_path, capsys, command):
+    from deploy.checkpoints import tiny_model, write_checkpoint
+
+    model = tiny_model()
+    path = write_checkpoint(
+        tmp_path / "run", model, model_config={**model.config, "num_classes": 7}
+    )
+    stderr = fails([command, str(path), *(["photos"] if command == "predict" else [])], capsys)
+    assert stderr.startswith(
+        f"error: checkpoint {path}: its weights do not fit the model its config describes "
+        "(head bilinear, backbone tiny, num_classes 7): fc.weight is 5×"
+    )
 
 
 @pytest.mark.slow

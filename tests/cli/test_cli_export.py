@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import pytest
 from cli.test_cli_errors import fails
 from deploy.checkpoints import write_checkpoint
+from train.faults import full_disk_when, read_only, temp_files
 
 from bcnn_triton.cli import main
 
@@ -53,3 +55,40 @@ def test_bad_input_is_one_line(tmp_path, checkpoint, capsys, monkeypatch):
     assert "ONNX export needs the packages onnx and onnxscript" in stderr
     assert "pip install 'bcnn-triton[export]'" in stderr
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_unwritable_out_fails_before_the_export(tmp_path, checkpoint, capsys, monkeypatch):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr("bcnn_triton.deploy.load_trained_model", must_not_load)
+    blocker = tmp_path / "listing.txt"
+    blocker.write_text("a file")
+    out = blocker / "m.pt2"
+    assert fails(["export", str(checkpoint), "--out", str(out)], capsys) == (
+        f"error: --out {out}: folder {blocker} is a file, not a folder\n"
+    )
+    read_only(monkeypatch, tmp_path / "served")
+    out = tmp_path / "served" / "m.pt2"
+    assert fails(["export", str(checkpoint), "--out", str(out)], capsys) == (
+        f"error: --out {out}: folder {out.parent} cannot be created: Read-only file system\n"
+    )
+    # Without --out the file goes beside the checkpoint: the message says so.
+    read_only(monkeypatch, checkpoint.parent)
+    beside = checkpoint.with_suffix(".pt2")
+    assert fails(["export", str(checkpoint), "--format", "pt2"], capsys) == (
+        f"error: output file {beside}: folder {checkpoint.parent} is not writable: "
+        "Read-only file system\n"
+    )
+
+
+def test_a_full_disk_during_the_export_is_one_line(tmp_path, checkpoint, capsys, monkeypatch):
+    full_disk_when(monkeypatch, lambda: True)
+    out = tmp_path / "served" / "m.pt2"
+    capsys.readouterr()
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 1
+    stderr = capsys.readouterr().err
+    assert stderr == f"error: {out}: No space left on device\n"
+    assert not out.exists() and temp_files(out.parent) == []
+    # torch's archive writer, left half-done, used to abort the process when collected.
+    gc.collect()

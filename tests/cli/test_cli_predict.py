@@ -88,6 +88,16 @@ def test_bad_input_is_one_line(tmp_path, checkpoint, photos, capsys):
     assert "unknown device" in fails(["predict", str(checkpoint), folder, "--device", "x"], capsys)
 
 
+def test_unwritable_output_fails_before_predicting(tmp_path, checkpoint, photos, capsys):
+    blocker = tmp_path / "listing.txt"
+    blocker.write_text("a file")
+    out = blocker / "predictions.csv"
+    stderr = fails(
+        ["predict", str(checkpoint), str(tmp_path / "photos"), "--output", str(out)], capsys
+    )
+    assert stderr == f"error: --output {out}: folder {blocker} is a file, not a folder\n"
+
+
 def test_image_size_flag(tmp_path, checkpoint, photos, capsys):
     args = ["predict", str(checkpoint), str(photos[0]), "--image-size", "48", "--top-k", "1"]
     assert main(args) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 import torch
@@ -178,6 +179,33 @@ def test_collect_images_from_files_folders_and_globs(tmp_path):
     assert collect_images([str(tmp_path / "tr?e")]) == [a, c, b]
     # Each file once, in the order first named.
     assert collect_images([c, root, named]) == [c, a, b, named]
+
+
+def collected_within(seconds: float, inputs) -> list:
+    """collect_images(inputs), failing (not hanging) if it does not end in ``seconds``."""
+    found: list = []
+    worker = threading.Thread(target=lambda: found.append(collect_images(inputs)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert found, f"collect_images({inputs}) did not end within {seconds} s"
+    return found[0]
+
+
+def test_links_give_each_real_folder_and_file_once(tmp_path):
+    root = tmp_path / "tree"
+    a = write_photo(root / "a.png", (8, 8), 0)
+    b = write_photo(root / "sub" / "deeper" / "b.jpg", (8, 8), 1)
+    (root / "sub" / "up").symlink_to("..")  # loops: up/sub/up/... and self/self/...
+    (root / "sub" / "self").symlink_to(".")
+    (root / "also-sub").symlink_to("sub")  # a second way into sub, met first (sorted)
+    (root / "z-link.png").symlink_to("a.png")  # a second name for a.png
+    (root / "broken.png").symlink_to("nowhere.png")  # kept: it is reported as unreadable
+    via_link = root / "also-sub" / "deeper" / "b.jpg"
+    assert collected_within(60, [root]) == [a, root / "broken.png", via_link]
+    assert collected_within(60, [str(root / "**" / "*.jpg")]) == [via_link]
+    # Named first, b.jpg and the link to a.png stand for their files.
+    named_first = [b, root / "z-link.png", root]
+    assert collected_within(60, named_first) == [b, root / "z-link.png", root / "broken.png"]
 
 
 def test_collect_images_errors(tmp_path):

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 
 import numpy as np
 import pytest
 import torch
 
+from bcnn_triton.models import create_model
 from bcnn_triton.train import (
     CheckpointError,
     check_compatible,
     checkpoint_paths,
     load_checkpoint,
     load_latest_checkpoint,
+    load_model,
     save_checkpoint,
 )
 from bcnn_triton.train.atomic import atomic_write, atomic_write_text
-from bcnn_triton.train.checkpoint import capture_rng_state, restore_rng_state
+from bcnn_triton.train.checkpoint import capture_rng_state, restore_rng_state, save_best
 
 
 def state(epoch: int) -> dict:
@@ -106,3 +109,45 @@ def test_rng_state_round_trip(tmp_path):
     restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     again = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(expected[0], again[0]) and expected[1:] == again[1:]
+
+
+def test_random_bytes_are_not_called_python_objects(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(b"\x13" + random.Random(0).randbytes(4000))  # not a zip, not a pickle
+    with pytest.raises(CheckpointError) as failed:
+        load_checkpoint(path)
+    assert str(failed.value) == (
+        f"checkpoint {path} is truncated or corrupt, or not a bcnn-triton checkpoint: it is "
+        "neither a zip archive, as torch.save writes, nor a pickle"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        # The file's classifier has 4 rows (4 classes); the config it carries says 5.
+        (
+            {"num_classes": 5},
+            r"fc\.weight is 4×(\d+) in the file, 5×\1 in the model \(and 1 more\)",
+        ),
+        # resnet18 has other layers and 512² features: every difference is counted.
+        (
+            {"backbone": "resnet18"},
+            r"fc\.weight is 4×\d+ in the file, 4×262144 in the model \(and \d+ more\)",
+        ),
+    ],
+)
+def test_weights_that_do_not_fit_their_own_config(tmp_path, change, expected):
+    model = create_model("bilinear", backbone="tiny", num_classes=4)
+    config = {**model.config, **change}
+    save_best({"model_config": config, "model": model.state_dict()}, tmp_path)
+    with pytest.raises(CheckpointError) as failed:
+        load_model(tmp_path / "best.pt")
+    described = f"head bilinear, backbone {config['backbone']}, num_classes {config['num_classes']}"
+    prefix = (
+        f"checkpoint {tmp_path / 'best.pt'}: its weights do not fit the model its config "
+        f"describes ({described}): "
+    )
+    message = str(failed.value)
+    assert message.startswith(prefix) and "\n" not in message
+    assert re.fullmatch(expected, message[len(prefix) :]), message

@@ -1,5 +1,6 @@
 """torchrun with 2 CPU processes (gloo): same results as one process, exact evaluation counts,
-and a worker killed with SIGKILL is restarted by ``--max-restarts`` and resumes exactly."""
+a worker killed with SIGKILL is restarted by ``--max-restarts`` and resumes exactly, and a run
+folder held by another run stops every rank."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from bcnn_triton.train import load_checkpoint
+from bcnn_triton.train.run_folder import RunFolderLock
 
 pytestmark = pytest.mark.slow
 
@@ -118,3 +120,18 @@ def test_killed_worker_is_restarted_and_resumes_exactly(runs, tmp_path):
     uninterrupted = load_checkpoint(runs["ddp"] / "checkpoint-0003.pt")["model"]
     for name, value in uninterrupted.items():
         assert torch.equal(resumed[name], value), name
+
+
+def test_a_held_folder_stops_every_rank_at_once(tmp_path):
+    """Rank 0 finds the folder locked; every rank says so and exits, none waits forever."""
+    out = tmp_path / "busy"
+    out.mkdir()
+    with RunFolderLock(out):
+        result = subprocess.run(
+            train_command(out, distributed=True), capture_output=True, text=True, timeout=300
+        )
+    assert result.returncode != 0
+    busy = f"error: --out {out} is in use by another training run (pid {os.getpid()})"
+    for rank in (0, 1):
+        assert f"[rank {rank}] {busy}" in result.stderr, result.stderr[-3000:]
+    assert not (out / "fc").exists()
