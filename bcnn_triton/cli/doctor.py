@@ -69,6 +69,22 @@ def _check_names(flag: str, given: list[str] | None, known: list[str]) -> None:
         raise UserInputError(f"{flag}: unknown {unknown[0]!r}; choose from {', '.join(known)}")
 
 
+def _write_json(args, env: dict, records: list, seconds: float, *, complete: bool) -> None:
+    """The results so far into ``--json FILE``, rewritten after every record: a run cut short
+    (a time limit, Ctrl-C) keeps what it checked, marked ``"complete": false``."""
+    if args.json is None:
+        return
+    result = {
+        "command": "bcnn-triton " + " ".join(args.argv),
+        "environment": env,
+        "seconds": round(seconds, 1),
+        "complete": complete,
+        "ok": all(record.ok for record in records),
+        "records": [record.as_dict() for record in records],
+    }
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+
 def run_doctor_command(args: argparse.Namespace) -> int:
     """Handler of ``bcnn-triton doctor``."""
     if args.interpreter:
@@ -82,15 +98,23 @@ def run_doctor_command(args: argparse.Namespace) -> int:
         raise UserInputError(f"--json: folder {args.json.parent} does not exist")
     device = resolve_device(args.device)
     started = time.monotonic()
-    print(doctor.format_environment(doctor.environment(device)), flush=True)
-    env, records = doctor.run_doctor(
+    env = doctor.environment(device)
+    print(doctor.format_environment(env), flush=True)
+    done = []
+
+    def progress(record) -> None:
+        done.append(record)
+        print(doctor.format_record(record), flush=True)
+        _write_json(args, env, done, time.monotonic() - started, complete=False)
+
+    _, records = doctor.run_doctor(
         device,
         interpreter=args.interpreter,
         compile_seed=args.compile_seed,
         ops=args.ops,
         dtypes=args.dtypes,
         workers=args.workers,
-        progress=lambda record: print(doctor.format_record(record), flush=True),
+        progress=progress,
     )
     seconds = time.monotonic() - started
     failed = doctor.failures(records)
@@ -100,15 +124,7 @@ def run_doctor_command(args: argparse.Namespace) -> int:
         f"{len(records)} op × dtype records, {on_triton} on the Triton kernels; {verdict} "
         f"in {seconds:.0f} s"
     )
-    if args.json is not None:
-        result = {
-            "command": "bcnn-triton " + " ".join(args.argv),
-            "environment": env,
-            "seconds": round(seconds, 1),
-            "ok": not failed,
-            "records": [record.as_dict() for record in records],
-        }
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    _write_json(args, env, records, seconds, complete=True)
     for line in failed:
         print(f"doctor: FAILED {line}", file=sys.stderr)
     return 1 if failed else 0

@@ -22,7 +22,7 @@ def test_doctor_checks_every_op_and_dtype_and_writes_them_as_json(tmp_path):
     assert "no GPU" in run.stdout
     assert "24 op × dtype records, 0 on the Triton kernels; all checks passed" in run.stdout
     result = json.loads(path.read_text())
-    assert result["ok"] is True and result["environment"]["torch"]
+    assert result["ok"] is True and result["complete"] is True and result["environment"]["torch"]
     pairs = [(r["op"], r["dtype"]) for r in result["records"]]
     ops = ["bilinear_pool", "bilinear_pool center", "bilinear_pool triu"]
     ops += ["bilinear_pool two streams", "matrix_sqrt_newton_schulz", "isqrt_cov_pool"]
