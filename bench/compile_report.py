@@ -421,6 +421,8 @@ def _amd_loops(instructions: list[str]) -> list[list[str]]:
 
 
 _MMA = re.compile(r"\b(HGMMA|HMMA|IMMA|UTC\w*MMA|v_mfma\w*)")
+# Local-memory (scratch) loads and stores: register spills and their reloads.
+_SPILL = re.compile(r"\b(LDL|STL)\b|\bscratch_(load|store)|\bbuffer_(load|store)\S*\s.*\boff\b")
 _FMA = re.compile(r"\b(FFMA|v_fmac?_f32|v_pk_fma_f32)\b")
 _ASYNC_COPY = re.compile(r"\b(LDGSTS|UTMALDG|UBLKCP|global_load_lds\w*|buffer_load\w*lds)\b")
 
@@ -428,18 +430,21 @@ _ASYNC_COPY = re.compile(r"\b(LDGSTS|UTMALDG|UBLKCP|global_load_lds\w*|buffer_lo
 def _loop_summary(bodies: list[list[str]], instructions: list[str]) -> dict:
     """The hot loops — backward branches around tensor-core (or, without them, FMA)
     instructions: instructions per iteration of each (a kernel with two loop versions, such as
-    the centred forward, has two), the tensor-core instructions of the busiest, their kinds."""
+    the centred forward, has two), the tensor-core instructions of the busiest, their kinds,
+    and the most spill loads and stores in any of them."""
     loops = []
     for body in bodies:
         mma = sum(bool(_MMA.search(t)) for t in body)
         fma = sum(bool(_FMA.search(t)) for t in body)
         if mma or fma:
-            loops.append((mma, fma, sum(not t.endswith(":") for t in body)))
-    busiest = max(loops, default=(0, 0, 0))
+            spills = sum(bool(_SPILL.search(t)) for t in body)
+            loops.append((mma, fma, sum(not t.endswith(":") for t in body), spills))
+    busiest = max(loops, default=(0, 0, 0, 0))
     return {
-        "loop_instructions": sorted({n for mma, fma, n in loops if (mma, fma) == busiest[:2]}),
+        "loop_instructions": sorted({n for mma, fma, n, _ in loops if (mma, fma) == busiest[:2]}),
         "loop_mma": busiest[0],
         "loop_ffma": busiest[1],
+        "loop_spills": max((spills for *_, spills in loops), default=0),
         "mma_kinds": sorted({m.group(0) for t in instructions if (m := _MMA.search(t))}),
         "async_copy": any(_ASYNC_COPY.search(t) for t in instructions),
     }
@@ -487,11 +492,9 @@ def shared_memory_estimate(case: Case, config, arch: str) -> int | None:
 
 def kept_configs(case: Case, arch: str) -> list:
     """The configurations the autotuner's pruner keeps on ``arch``: by the shared-memory
-    estimate (the smallest when none fits, as ``shared_memory_pruner``), or for the
-    Newton–Schulz kernel by ``spill_free_configs``; all of an unpruned kernel."""
+    estimate (the smallest when none fits, as ``shared_memory_pruner``); all of a kernel that
+    is not pruned."""
     configs = _configs(case.kernel)
-    if case.kernel is newton_schulz._newton_schulz_kernel:
-        return newton_schulz.spill_free_configs(configs, case.constexprs, arch)
     sizes = [shared_memory_estimate(case, config, arch) for config in configs]
     if sizes[0] is None:
         return configs
@@ -552,13 +555,19 @@ def target_unavailable(arch: str) -> str | None:
 
 
 def _job(arch: str, case_name: str, ci: bool) -> list[dict]:
+    """The rows of one case on one target; a configuration that fails to compile gives a row
+    with its ``"error"``."""
     case = next(c for c in CASES if c.name == case_name)
-    configs = kept_configs(case, arch)[:1] if ci else None
-    try:
-        return list(compile_case(case, arch, configs))
-    except Exception as error:
-        message = f"{type(error).__name__}: {str(error).strip()[-600:]}"
-        return [{"case": case_name, "arch": arch, "error": message}]
+    rows = []
+    for config in kept_configs(case, arch)[:1] if ci else _configs(case.kernel):
+        try:
+            rows += compile_case(case, arch, [config])
+        except Exception as error:
+            message = f"{type(error).__name__}: {str(error).strip()[-600:]}"
+            config_name = ", ".join(f"{k}={v}" for k, v in config.kwargs.items())
+            config_name += f", warps={config.num_warps}, stages={config.num_stages}"
+            rows.append({"case": case_name, "config": config_name, "arch": arch, "error": message})
+    return rows
 
 
 def compile_matrix(
@@ -589,8 +598,8 @@ def compile_matrix(
 
 def _markdown(rows: list[dict]) -> str:
     header = (
-        "| arch | kernel | config | precision | auto | regs | spill B | shared KiB (estimate) | "
-        "CTAs/SM | loop instr | loop MMA | MMA kinds | async copy |\n"
+        "| arch | kernel | config | precision | auto | regs | spill B (in loop) | "
+        "shared KiB (estimate) | CTAs/SM | loop instr | loop MMA | MMA kinds | async copy |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [header]
@@ -604,7 +613,7 @@ def _markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['arch']} | {r['case']} | {r['config']} | {r.get('precision') or '—'} | "
             f"{('yes' if r.get('kept', True) else 'pruned') if r.get('used_by_auto') else 'no'} | "
-            f"{r['regs']} | {r['spill']} | "
+            f"{r['regs']} | {r['spill']} ({r.get('loop_spills', '?')}) | "
             f"{r['shared'] / 1024:.1f}"
             + (f" ({estimate / 1024:.1f})" if estimate else "")
             + f" | {r['ctas_per_sm'] if r.get('ctas_per_sm') is not None else '—'} | "

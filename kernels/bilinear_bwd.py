@@ -76,18 +76,21 @@ def _gram_grad_dtype(dtype: torch.dtype) -> torch.dtype:
 def matmul_shared_memory(config: triton.Config, args: dict, arch: str | None = None) -> int:
     """Upper bound of the GEMM's shared memory for ``config`` on the target ``arch``: the
     pipeline of both operands, each counted at M's element size (``pipeline_shared_memory``;
-    centring V passes it through registers), or a float32 result tile, which reuses it (the
-    compile test checks that this bounds what Triton allocates)."""
+    centring V passes it through registers and pipelines V's float32 channel means along),
+    or a float32 result tile, which reuses it (the compile test checks that this bounds what
+    Triton allocates)."""
     block_a, block_b, block_l = (config.kwargs[k] for k in ("BLOCK_A", "BLOCK_B", "BLOCK_L"))
     operand_bytes = args["m_ptr"].element_size()
+    center = bool(args.get("CENTER", False))
     pipeline = pipeline_shared_memory(
         config.num_stages,
         (block_a * block_b + block_b * block_l) * operand_bytes,
         arch,
         element_size=operand_bytes,
-        through_registers=bool(args.get("CENTER", False)),
+        through_registers=center,
     )
-    return max(pipeline, block_a * block_l * 4)
+    means = config.num_stages * block_b * 4 if center else 0
+    return max(pipeline + means, block_a * block_l * 4)
 
 
 @triton.jit

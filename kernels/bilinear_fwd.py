@@ -253,8 +253,10 @@ def _bilinear_pool_fwd_kernel(
         desc = tl.where(on_diagonal & (offs_m[:, None] > offs_n[None, :]), tl.trans(desc), desc)
     if SUMSQ:
         # An off-diagonal tile's squares count twice in the single-stream case: once more for
-        # its mirror.
-        tile_sumsq = tl.sum(tl.sum(desc * desc, axis=1), axis=0)
+        # its mirror. One reduction over the whole tile: Triton 3.6 cannot lower a sum of row
+        # sums of a tensor-memory accumulator for sm_100 ("parent layout must have at least
+        # rank >= 2" in TritonNvidiaGPUOptimizeTMemLayoutsPass).
+        tile_sumsq = tl.sum(desc * desc)
         if SELF:
             tile_sumsq = tl.where(pid_m == pid_n, tile_sumsq, 2.0 * tile_sumsq)
         tl.store(cell_ptrs, tl.where(leading_cell, tile_sumsq, 0.0), mask=cell_mask)

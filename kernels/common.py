@@ -158,13 +158,14 @@ def _max_shared_memory(device: torch.device) -> int | None:
 
 def _pipeline_class(arch: str | None) -> str:
     """How Triton's software pipeline uses shared memory on ``arch`` (see
-    :func:`pipeline_shared_memory`): "ampere", "hopper", "blackwell", "gfx950" or "unknown"."""
+    :func:`pipeline_shared_memory`): "ampere", "hopper", "blackwell", "cdna" (gfx90a, gfx942),
+    "gfx950" or "unknown"."""
     if arch is not None and arch.startswith("sm_"):
         major = int(arch.removeprefix("sm_")[:-1])
         return {8: "ampere", 12: "ampere", 9: "hopper", 10: "blackwell", 11: "blackwell"}.get(
             major, "unknown"
         )
-    return {"gfx90a": "ampere", "gfx942": "ampere", "gfx950": "gfx950"}.get(arch, "unknown")
+    return {"gfx90a": "cdna", "gfx942": "cdna", "gfx950": "gfx950"}.get(arch, "unknown")
 
 
 def pipeline_shared_memory(
@@ -178,9 +179,10 @@ def pipeline_shared_memory(
     """Shared memory of a main loop pipelined over ``num_stages`` steps whose operand tiles
     take ``stage_bytes``, on the target ``arch`` — as the compile test measures it (Triton 3.8):
 
-    - sm_8x, sm_12x (cp.async), gfx90a, gfx942: ``num_stages − 1`` buffers — the tile being
-      multiplied waits in registers — unless the operands pass through registers on their way
-      to ``tl.dot`` anyway (``through_registers``: shifted, centred), then ``num_stages``;
+    - sm_8x, sm_12x (cp.async): ``num_stages − 1`` buffers — the tile being multiplied waits
+      in registers — unless the operands pass through registers on their way to ``tl.dot``
+      anyway (``through_registers``: shifted, centred), then ``num_stages``;
+    - gfx90a, gfx942: ``num_stages − 1`` buffers, operands through registers or not;
     - sm_90: ``num_stages`` buffers; sm_10x/sm_11x the same plus a few bytes of barriers
       (16 B seen, 1 KiB allowed); gfx950: ``num_stages`` buffers, 16-bit tiles padded against
       bank conflicts (up to 6.1 % seen, 1/8 allowed);
@@ -188,8 +190,10 @@ def pipeline_shared_memory(
     """
     buffers = num_stages * stage_bytes
     kind = _pipeline_class(arch)
+    if kind == "cdna" or (kind == "ampere" and not through_registers):
+        return buffers - stage_bytes
     if kind == "ampere":
-        return buffers if through_registers else buffers - stage_bytes
+        return buffers
     padding = buffers // 8 if element_size < 4 else 0
     barriers = 1024
     return buffers + {"hopper": 0, "blackwell": barriers, "gfx950": padding}.get(

@@ -24,9 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import INTERPRETER, batch_bucket, device_guard, dot_input_precision, gpu_arch
+from .common import INTERPRETER, batch_bucket, device_guard, dot_input_precision
 
-__all__ = ["matrix_sqrt_newton_schulz_bwd", "matrix_sqrt_newton_schulz_fwd", "spill_free_configs"]
+__all__ = ["matrix_sqrt_newton_schulz_bwd", "matrix_sqrt_newton_schulz_fwd"]
 
 
 def _configs() -> list[triton.Config]:
@@ -38,21 +38,6 @@ def _configs() -> list[triton.Config]:
         # matrix (enough programs for N = 8) or 3 of 128 (fewer, fatter ones for large N).
         for block_c, warps, stages in ((64, 4, 3), (128, 8, 3))
     ]
-
-
-def spill_free_configs(configs: list, args: dict, arch: str | None) -> list:
-    """The configurations that compile without spilling registers on the target ``arch``: on
-    sm_8x a tangent step (two products into one accumulator) in 128-wide tiles needs more
-    than 255 registers per thread and spills (bench/compile_report.py; the compile test checks
-    every target), so there it keeps the narrower tiles."""
-    if args.get("TANGENT") and arch is not None and arch.startswith("sm_8"):
-        return [config for config in configs if config.kwargs["BLOCK_C"] < 128] or list(configs)
-    return list(configs)
-
-
-def _prune(configs, named_args, **kwargs) -> list:
-    """``early_config_prune`` hook: :func:`spill_free_configs` on the launch's device."""
-    return spill_free_configs(configs, kwargs, gpu_arch(named_args["state_ptr"].device))
 
 
 @triton.jit
@@ -76,7 +61,6 @@ def _accumulate_product(
 @triton.autotune(
     configs=_configs(),
     key=["C", "BATCH_BUCKET", "MAKE_T", "TANGENT", "SLOT_STEP", "SCALE", "TRIU", "INPUT_PRECISION"],
-    prune_configs_by={"early_config_prune": _prune},
 )
 # BATCH_BUCKET only keys the autotuner: not specialized, so it never causes a recompile.
 @triton.jit(do_not_specialize=["BATCH_BUCKET"])

@@ -7,10 +7,10 @@ each kernel × dtype (× float32 precision) for each target: sm_80, sm_86, sm_89
 sm_120 and the ROCm targets gfx90a, gfx942, gfx950 — the first configuration the autotuner's
 pruner keeps there, its largest. The test holds the machine code to what dispatch relies on
 (bcnn_triton.ops.dispatch): where ``backend="auto"`` runs a kernel, it compiles, uses tensor
-(matrix) cores in its main loop, spills nothing and (NVIDIA) loads its operands with
-asynchronous copies; everywhere, shared memory stays within the target's limit and within the
-estimate the autotuner prunes by. The full matrix, every configuration:
-``TRITON_INTERPRET=0 python bench/compile_report.py --arch all``.
+(matrix) cores in its main loop, spills nothing there (and at most a few registers around
+it) and (NVIDIA) loads its operands with asynchronous copies; everywhere, shared memory stays
+within the target's limit and within the estimate the autotuner prunes by. The full matrix,
+every configuration: ``TRITON_INTERPRET=0 python bench/compile_report.py --arch all``.
 
 The compiles run in parallel processes and go through Triton's on-disk cache (keyed by the
 source, the target, the options and Triton itself), so a rerun only reads the machine code back.
@@ -71,13 +71,19 @@ def test_every_kernel_auto_runs_compiles(rows, arch):
     assert [r["case"] for r in compiled] == ci_cases(arch)
 
 
+#: Bytes per thread a kernel may keep in local memory outside its main loop: a few registers
+#: saved before the loop and reloaded after it (Triton 3.6 spills 8 B that way in some
+#: kernels, 3.8 none), against the kilobytes of a kernel whose loop spills.
+SPILL_OUTSIDE_THE_LOOP = 16
+
+
 @pytest.mark.parametrize("arch", _TARGETS)
 def test_kernels_auto_runs_use_tensor_cores_and_spill_nothing(rows, arch):
     used = [r for r in _rows_of(rows, arch) if r["used_by_auto"]]
     assert used
     assert all(r["kept"] for r in used), "the test compiles what the pruner keeps"
     for row in used:
-        assert row["spill"] == 0, row
+        assert row["loop_spills"] == 0 and row["spill"] <= SPILL_OUTSIDE_THE_LOOP, row
         if row["tensor_cores_expected"]:
             assert row["loop_mma"] > 0 and row["mma_kinds"], row
             if arch.startswith("sm_"):
