@@ -204,7 +204,7 @@ class TrainConfig:
         _check_choice("--head", self.head, HEADS)
         _check_choice("--backbone", self.backbone, BACKBONES)
         _check_choice("--amp", self.amp, AMP_MODES)
-        _check_choice("resume", self.resume, RESUME_MODES)
+        _check_choice("--resume", self.resume, RESUME_MODES)
         if not self.stages or any(stage not in STAGES for stage in self.stages):
             raise UserInputError(f"stages must be among {', '.join(STAGES)}; got {self.stages}")
         minimum = min_image_size(self.backbone)
@@ -220,6 +220,12 @@ class TrainConfig:
         _check_number("--batch-size", self.batch_size, 1, integer=True)
         _check_number("--workers", self.workers, 0, integer=True)
         _check_number("--plateau-patience", self.plateau_patience, 0, integer=True)
+        # No flag sets it; ReduceLROnPlateau needs 0 < factor < 1 (0 would stop learning).
+        factor = self.plateau_factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1:
+            raise UserInputError(
+                f"plateau_factor must be a number between 0 and 1 (exclusive); got {factor!r}"
+            )
         if self.reduce_dim is not None:
             _check_number("--reduce-dim", self.reduce_dim, 1, integer=True)
         for name in ("val_fraction", "test_fraction"):
