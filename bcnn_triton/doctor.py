@@ -426,6 +426,13 @@ def _prewarm(pairs: list[tuple[Op, str]], settings: Settings, workers: int) -> N
         concurrent.futures.wait(futures)
 
 
+def _default_workers(device: torch.device, jobs: int) -> int:
+    """Up to 8 compile workers: no more than CPU cores, jobs, or 3 GiB of GPU memory each (a
+    seed-shape check with its float64 reference holds about 1 GiB of tensors, by their sizes)."""
+    memory_share = gpu_info(device).total_memory // (3 * 2**30)
+    return max(1, min(8, os.cpu_count() or 1, jobs, memory_share))
+
+
 def _triton_version() -> str | None:
     try:
         import triton
@@ -498,7 +505,7 @@ def run_doctor(
     pairs = [(op, label) for op in chosen for label in labels]
     compiled = [(op, label) for op, label in pairs if _auto_backend(op, label, device) == "triton"]
     if on_gpu and compiled and (workers is None or workers > 1):
-        _prewarm(compiled, settings, workers or min(8, os.cpu_count() or 1, len(compiled)))
+        _prewarm(compiled, settings, workers or _default_workers(device, len(compiled)))
     records = []
     for op, label in pairs:
         records.append(check_record(op, label, settings))

@@ -51,6 +51,7 @@ __all__ = [
     "TARGETS",
     "Case",
     "Target",
+    "build_parser",
     "ci_cases",
     "compile_case",
     "compile_matrix",
@@ -632,7 +633,8 @@ def _arch_name(text: str) -> str:
     return name
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", nargs="+", default=["sm_90"], help="targets, or 'all'")
     parser.add_argument("--json", action="store_true", help="one JSON row per line")
@@ -641,6 +643,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
     parser.add_argument("--first-only", action="store_true", help="first config of each case")
     parser.add_argument("--from-json", type=Path, help="render rows written by --json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.from_json:
         rows = [json.loads(line) for line in args.from_json.read_text().splitlines() if line]

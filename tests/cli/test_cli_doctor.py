@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,11 +12,13 @@ from bcnn_triton.cli import main
 
 def test_doctor_checks_every_op_and_dtype_and_writes_them_as_json(tmp_path):
     path = tmp_path / "doctor.json"
-    # As a user runs it: a fresh process, no TRITON_INTERPRET from the test session needed.
+    # As a user runs it: a fresh process, without the test session's TRITON_INTERPRET.
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     run = subprocess.run(
         [sys.executable, "-m", "bcnn_triton", "doctor", "--json", str(path)],
         capture_output=True,
         text=True,
+        env=env,
         timeout=300,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
