@@ -158,7 +158,7 @@ def bilinear_pool(
     if y is x:
         y = None  # the same map twice is the single-stream case: symmetric, half the work
     x_flat, y_flat = _check_arguments(x, y, triu)
-    if backend is not None:
+    if backend not in (None, "auto"):
         resolve_backend(backend, x_flat)  # a backend that cannot run here fails now, clearly
     args = (x_flat, y_flat, signed_sqrt, normalize, float(eps), triu, center, backend or "auto")
     if _plain_eager(x_flat, y_flat):

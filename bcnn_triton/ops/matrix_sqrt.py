@@ -126,7 +126,7 @@ def matrix_sqrt_newton_schulz(
     _check_matrices(a)
     check_iterations(iterations)
     check_options(eps, backend)
-    if backend is not None:
+    if backend not in (None, "auto"):
         resolve_backend(backend, a)  # a backend that cannot run here fails now, clearly
     out, *_ = torch.ops.bcnn_triton.matrix_sqrt_newton_schulz(
         a, int(iterations), float(eps), bool(triu), backend or "auto"
