@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
-# One-shot GPU check (at most 7 min on a bare H100/H200): install, GPU tests, tuning sweep,
-# benchmarks, summary. Every step writes its own files and prints its timing; a step that fails,
-# hangs or runs out of time does not stop the next one.
+# One-shot GPU check (at most 7 min on a bare H100/H200): install, doctor, GPU tests, tuning
+# sweep, benchmarks, summary. Every step writes its own files and prints its timing; a step that
+# fails, hangs or runs out of time does not stop the next one.
 #
 #   bash bench/gpu_check.sh [OUT_DIR] [STEP ...]
 #
 # OUT_DIR defaults to $OUT, else bench/results/<date>-local. STEPs (default: all, in this
-# order): tests, tune, bench. A rerun after fixes names only what changed, e.g.
+# order): doctor, tests, tune, bench. A rerun after fixes names only what changed, e.g.
 #   bash bench/gpu_check.sh "$OUT" tests bench
 #
 # Needs torch, triton, pytest and pytest-benchmark installed (no network is used); uses
 # pytest-xdist (parallel compiles) and pytest-timeout (a hang becomes a failed test) when present.
-# Writes into OUT_DIR: env.txt, gpu_tests.log, tune.jsonl + tune.md + tune.log, bench.log,
-# benchmark.json (raw pytest-benchmark), summary.json, summary.md and summary.png.
+# Writes into OUT_DIR: env.txt, doctor.json + doctor.log, gpu_tests.log, tune.jsonl + tune.md +
+# tune.log, bench.log, benchmark.json (raw pytest-benchmark), summary.json, summary.md and
+# summary.png.
 # Commit them under bench/results/<date>-<gpu>/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-bench/results/$(date +%Y-%m-%d)-local}}"
 shift || true
-steps="${*:-tests tune bench}"
+steps="${*:-doctor tests tune bench}"
 mkdir -p "$out"
 export TRITON_INTERPRET=0
 started=$(date +%s)
@@ -48,9 +49,20 @@ pytest_extra=()
 python -c "import xdist" 2> /dev/null && pytest_extra+=(-n 8)
 python -c "import pytest_timeout" 2> /dev/null && pytest_extra+=(--timeout 120)
 
+if wants doctor; then
+    # First: what auto picks on this GPU and whether each kernel it picks is right, as data.
+    # Its workers compile the kernels into Triton's cache, which the tests then reuse.
+    step "doctor"
+    bounded 100 python -m bcnn_triton doctor --json "$out/doctor.json" --workers 8 \
+        > "$out/doctor.log" 2>&1
+    code=$?
+    tail -n 8 "$out/doctor.log"
+    [ "$code" -eq 0 ] || status=1
+fi
+
 if wants tests; then
     step "gpu tests (${pytest_extra[*]:-serial})"
-    bounded 150 python -m pytest -p no:cacheprovider -m gpu -q -rs "${pytest_extra[@]}" tests \
+    bounded 110 python -m pytest -p no:cacheprovider -m gpu -q -rs "${pytest_extra[@]}" tests \
         > "$out/gpu_tests.log" 2>&1
     code=$?
     tail -n 25 "$out/gpu_tests.log"
@@ -59,7 +71,7 @@ fi
 
 if wants tune; then
     step "tuning sweep"
-    bounded 130 python bench/tune_kernels.py --out "$out" --budget-s 100 > "$out/tune.log" 2>&1
+    bounded 100 python bench/tune_kernels.py --out "$out" --budget-s 75 > "$out/tune.log" 2>&1
     code=$?
     tail -n 40 "$out/tune.log"
     [ "$code" -eq 0 ] || status=1
@@ -67,7 +79,7 @@ fi
 
 if wants bench; then
     step "gpu benchmarks"
-    BCNN_BENCH_BUDGET_S=90 bounded 130 python -m pytest -p no:cacheprovider -q \
+    BCNN_BENCH_BUDGET_S=70 bounded 100 python -m pytest -p no:cacheprovider -q \
         bench/test_bench_gpu.py --benchmark-only --benchmark-json="$out/benchmark.json" \
         --benchmark-columns=median,iqr,rounds > "$out/bench.log" 2>&1
     code=$?

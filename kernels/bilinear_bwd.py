@@ -17,7 +17,8 @@ signed square root), where the per-sample scale k is 1/(2r²L), 1/(2L), 1/(rL) o
 k stays out of M because it is tiny (about 1e-8 at C = 512, L = 784): folded into a float16 M it
 would flush realistic gradients to zero. M is kept in bfloat16 for bfloat16 maps (its range is
 float32's) and in float32 otherwise; float16 maps then run the GEMM in TF32, whose 10-bit
-mantissa equals float16's, with float32's range.
+mantissa equals float16's, with float32's range (IEEE float32 on GPUs without TF32: gfx90a,
+gfx950).
 
 With ``triu`` the descriptor holds each pair (i, j), (j, i) once, scaled by w = sqrt(2) off the
 diagonal: z = out/w and the pair's gradient sum g + gᵀ is w·g (2·g on the diagonal).
@@ -29,13 +30,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .bilinear_fwd import SQRT2, channel_shifts
+from .bilinear_fwd import SQRT2, channel_means
 from .common import (
     INTERPRETER,
     aligned_rows,
     batch_bucket,
     device_guard,
     dot_input_precision,
+    pipeline_shared_memory,
     shared_memory_pruner,
 )
 
@@ -71,14 +73,24 @@ def _gram_grad_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
 
-def matmul_shared_memory(config: triton.Config, args: dict) -> int:
-    """Upper bound of the GEMM's shared memory for ``config``: the pipeline of both operands,
+def matmul_shared_memory(config: triton.Config, args: dict, arch: str | None = None) -> int:
+    """Upper bound of the GEMM's shared memory for ``config`` on the target ``arch``: the
+    pipeline of both operands, each counted at M's element size (``pipeline_shared_memory``;
+    centring V passes it through registers and pipelines V's float32 channel means along),
     or a float32 result tile, which reuses it (the compile test checks that this bounds what
     Triton allocates)."""
     block_a, block_b, block_l = (config.kwargs[k] for k in ("BLOCK_A", "BLOCK_B", "BLOCK_L"))
     operand_bytes = args["m_ptr"].element_size()
-    pipeline = config.num_stages * (block_a * block_b + block_b * block_l) * operand_bytes
-    return max(pipeline, block_a * block_l * 4)
+    center = bool(args.get("CENTER", False))
+    pipeline = pipeline_shared_memory(
+        config.num_stages,
+        (block_a * block_b + block_b * block_l) * operand_bytes,
+        arch,
+        element_size=operand_bytes,
+        through_registers=center,
+    )
+    means = config.num_stages * block_b * 4 if center else 0
+    return max(pipeline + means, block_a * block_l * 4)
 
 
 @triton.jit
@@ -361,10 +373,16 @@ def _backward(
         SELF=single, SIGNED_SQRT=signed_sqrt, NORMALIZE=normalize, TRIU=triu, BLOCK=_GRAD_BLOCK,
     )  # fmt: skip
 
+    # float16 maps multiply their float32 M in TF32 whatever torch's float32 setting (see the
+    # module docstring), where the GPU has TF32.
+    precision = dot_input_precision(
+        m.dtype, x.device, allow_tf32=True if x.dtype == torch.float16 else None
+    )
+
     def matmul(m_strides, operand, result_like):
         result = torch.empty_like(result_like)
         v = aligned_rows(operand) if align_rows else operand
-        mean = sum(channel_shifts(v)) if center else norm
+        mean = channel_means(v) if center else norm  # not read without CENTER
         rows = result.shape[1]
 
         def grid(meta):
@@ -382,8 +400,7 @@ def _backward(
             result.stride(0), result.stride(1), result.stride(2),
             1.0 / locations, norm_eps,
             SIGNED_SQRT=signed_sqrt, NORMALIZE=normalize, CENTER=center,
-            # float16 maps get "tf32" here: M is float32 for them (see the module docstring).
-            INPUT_PRECISION=dot_input_precision(x.dtype),
+            INPUT_PRECISION=precision,
         )  # fmt: skip
         return result
 

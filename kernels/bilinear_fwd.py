@@ -2,21 +2,22 @@
 
 ``_bilinear_pool_fwd_kernel`` computes one (BLOCK_C × BLOCK_C) tile of G = X·Yᵀ/L per program
 with a float32 accumulator. With one stream only tiles on or above the diagonal do work and each
-stores its mirror too: half the FLOPs. Three constexpr switches say what a launch does with the
-tile:
+stores its mirror too: half the FLOPs. The constexpr ``PHASE`` says what a launch does with the
+tile (``PHASES``):
 
-- ``SUMSQ``: write the tile's Σs² into a per-sample table of SLOT×SLOT cells (independent of the
-  autotuned tile size, so the norm is summed in one fixed order: deterministic, no atomics);
-- ``STORE``: store the tile (signed square root applied) into the descriptor;
-- ``DIVIDE``: sum the sample's table first and store the tile divided by the norm.
+- "store": store the tile (signed square root applied) into the descriptor — no normalization;
+- "sumsq": only write the tile's Σs² into a per-sample table of SLOT×SLOT cells (independent of
+  the autotuned tile size, so the norm is summed in one fixed order: deterministic, no atomics);
+- "stage": both — write the Σs² and store the tile, not yet divided;
+- "divide": sum the sample's table first and store the tile divided by the norm.
 
 L2 normalization needs every tile of a sample before any can be divided. Two ways, chosen per
 dtype by ``bilinear_pool_fwd``:
 
-- "stage": one launch with SUMSQ and STORE into a float32 buffer (the output itself for
-  float32), then ``_normalize_rows_kernel`` divides it — one extra pass over the descriptor;
-- "recompute": one launch with SUMSQ only, a second with STORE and DIVIDE — the Gram is computed
-  twice (tensor cores make that cheap in half precision) and the 16-bit output rounds once.
+- "stage": one "stage" launch into a float32 buffer (the output itself for float32), then
+  ``_normalize_rows_kernel`` divides it — one extra pass over the descriptor;
+- "recompute": a "sumsq" launch, then a "divide" launch — the Gram is computed twice (tensor
+  cores make that cheap in half precision) and the 16-bit output rounds once.
 
 Centring (``CENTER``) uses the identity cov(X) = (X − s)(X − s)ᵀ/L − δδᵀ, exact for any shift
 s with δ = mean(X − s): ``_channel_shift_kernel`` picks s per channel and the Gram kernel
@@ -42,15 +43,18 @@ from .common import (
     batch_bucket,
     device_guard,
     dot_input_precision,
+    pipeline_shared_memory,
     shared_memory_pruner,
 )
 
 __all__ = [
     "NORM_STRATEGIES",
+    "PHASES",
     "SHIFT_RATIO",
     "SLOT",
     "SQRT2",
     "bilinear_pool_fwd",
+    "channel_means",
     "channel_shifts",
     "fwd_shared_memory",
 ]
@@ -62,6 +66,10 @@ SLOT = 16
 
 #: How the forward normalizes (see the module docstring); ``None`` picks per dtype.
 NORM_STRATEGIES = ("stage", "recompute")
+
+#: What one launch of the Gram kernel does with its tile (the ``PHASE`` constexpr; see the
+#: module docstring).
+PHASES = ("store", "sumsq", "stage", "divide")
 
 #: 16-bit channels with mean² > SHIFT_RATIO² · variance are shifted by their mean on load.
 SHIFT_RATIO = 8.0
@@ -86,13 +94,20 @@ def _fwd_configs() -> list[triton.Config]:
     ]
 
 
-def fwd_shared_memory(config: triton.Config, args: dict) -> int:
-    """Upper bound of the forward's shared memory for ``config``: the operand pipeline, or a
-    float32 tile for the epilogue's transposes, which reuses it (the compile test checks that
-    this bounds what Triton allocates)."""
+def fwd_shared_memory(config: triton.Config, args: dict, arch: str | None = None) -> int:
+    """Upper bound of the forward's shared memory for ``config`` on the target ``arch``: the
+    operand pipeline (``pipeline_shared_memory``; centring shifts the operands in registers),
+    or a float32 tile for the epilogue's transposes, which reuses it (the compile test checks
+    that this bounds what Triton allocates)."""
     block_c, block_k = config.kwargs["BLOCK_C"], config.kwargs["BLOCK_K"]
     operand_bytes = args["x_ptr"].element_size()
-    pipeline = config.num_stages * 2 * block_c * block_k * operand_bytes
+    pipeline = pipeline_shared_memory(
+        config.num_stages,
+        2 * block_c * block_k * operand_bytes,
+        arch,
+        element_size=operand_bytes,
+        through_registers=bool(args.get("CENTER", False)),
+    )
     return max(pipeline, block_c * block_c * 4)
 
 
@@ -109,9 +124,7 @@ def fwd_shared_memory(config: triton.Config, args: dict) -> int:
         "SIGNED_SQRT",
         "TRIU",
         "CENTER",
-        "SUMSQ",
-        "STORE",
-        "DIVIDE",
+        "PHASE",
         "INPUT_PRECISION",
     ],
     prune_configs_by={"early_config_prune": shared_memory_pruner(fwd_shared_memory, "x_ptr")},
@@ -154,9 +167,7 @@ def _bilinear_pool_fwd_kernel(
     SIGNED_SQRT: tl.constexpr,
     TRIU: tl.constexpr,
     CENTER: tl.constexpr,
-    SUMSQ: tl.constexpr,
-    STORE: tl.constexpr,
-    DIVIDE: tl.constexpr,
+    PHASE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     SLOT: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -165,6 +176,9 @@ def _bilinear_pool_fwd_kernel(
 ):
     tl.static_assert(BLOCK_C % SLOT == 0)
     tl.static_assert(BLOCK_C // SLOT >= 2)
+    SUMSQ: tl.constexpr = (PHASE == "sumsq") or (PHASE == "stage")
+    STORE: tl.constexpr = PHASE != "sumsq"
+    DIVIDE: tl.constexpr = PHASE == "divide"
     # Programs run sample by sample; inside a sample, GROUP row tiles walk the column tiles
     # together so that the column panels they share stay in L2.
     pid = tl.program_id(0)
@@ -239,8 +253,10 @@ def _bilinear_pool_fwd_kernel(
         desc = tl.where(on_diagonal & (offs_m[:, None] > offs_n[None, :]), tl.trans(desc), desc)
     if SUMSQ:
         # An off-diagonal tile's squares count twice in the single-stream case: once more for
-        # its mirror.
-        tile_sumsq = tl.sum(tl.sum(desc * desc, axis=1), axis=0)
+        # its mirror. One reduction over the whole tile: Triton 3.6 cannot lower a sum of row
+        # sums of a tensor-memory accumulator for sm_100 ("parent layout must have at least
+        # rank >= 2" in TritonNvidiaGPUOptimizeTMemLayoutsPass).
+        tile_sumsq = tl.sum(desc * desc)
         if SELF:
             tile_sumsq = tl.where(pid_m == pid_n, tile_sumsq, 2.0 * tile_sumsq)
         tl.store(cell_ptrs, tl.where(leading_cell, tile_sumsq, 0.0), mask=cell_mask)
@@ -363,6 +379,13 @@ def channel_shifts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ratio * ratio, BLOCK_C=block_c, BLOCK_L=64,
     )  # fmt: skip
     return shift[0], shift[1]
+
+
+def channel_means(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel means (N, C), float32, of a map x (N, C, L), summed as the Gram kernel sees
+    the values: mean = s + δ, the shift plus the mean of what remains after it."""
+    shift, residual = channel_shifts(x)
+    return shift + residual
 
 
 @triton.jit
@@ -500,7 +523,7 @@ def _forward(x, y, signed_sqrt, normalize, eps, triu, center, norm_eps, strategy
     else:
         shift_x = residual_x = shift_y = residual_y = sumsq  # never read
 
-    def launch(target, sumsq_pass, store, divide):
+    def launch(target, phase):
         def grid(meta):
             block = meta["BLOCK_C"]
             return (num_samples * triton.cdiv(channels_x, block) * triton.cdiv(channels_y, block),)
@@ -511,19 +534,18 @@ def _forward(x, y, signed_sqrt, normalize, eps, triu, center, norm_eps, strategy
             x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1), y.stride(2),
             target.stride(0), sumsq.stride(0),
             1.0 / locations, eps, norm_eps,
-            SELF=single, SIGNED_SQRT=signed_sqrt, TRIU=triu, CENTER=center,
-            SUMSQ=sumsq_pass, STORE=store, DIVIDE=divide,
-            INPUT_PRECISION=dot_input_precision(x.dtype), SLOT=SLOT,
+            SELF=single, SIGNED_SQRT=signed_sqrt, TRIU=triu, CENTER=center, PHASE=phase,
+            INPUT_PRECISION=dot_input_precision(x.dtype, device), SLOT=SLOT,
         )  # fmt: skip
 
     if not normalize:
-        launch(out, False, True, False)
+        launch(out, "store")
     elif strategy == "recompute":
-        launch(out, True, False, False)
-        launch(out, False, True, True)
+        launch(out, "sumsq")
+        launch(out, "divide")
     else:
         stage = out if x.dtype == torch.float32 else torch.empty_like(out, dtype=torch.float32)
-        launch(stage, True, True, False)
+        launch(stage, "stage")
         block = 4096
         _normalize_rows_kernel[(num_samples * triton.cdiv(size, block),)](
             stage, out, sumsq, norm, size, cells, stage.stride(0), out.stride(0), norm_eps,

@@ -182,7 +182,7 @@ def _launch(state, pair, out, scale, *, make_t, tangent, slot_step=1, triu=False
         SLOT_STEP=slot_step,
         SCALE=scale is not None,
         TRIU=triu,
-        INPUT_PRECISION=dot_input_precision(torch.float32),
+        INPUT_PRECISION=dot_input_precision(torch.float32, state.device),
     )
 
 

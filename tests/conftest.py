@@ -1,12 +1,17 @@
-"""Test configuration: the Triton interpreter on CPU machines, and the gpu/interpreter markers."""
+"""Test configuration: the Triton interpreter on CPU machines, and the gpu/interpreter markers.
+
+A plain ``python -m pytest`` tests the compiled kernels where there is a GPU and the kernels
+through Triton's interpreter where there is none; ``TRITON_INTERPRET`` set by the caller wins.
+"""
 
 import os
 
+import torch  # imports no Triton
+
 # Must precede any import of triton: triton.jit decides interpreted or compiled at definition.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_INTERPRET", "0" if torch.cuda.is_available() else "1")
 
 import pytest
-import torch
 from bcnn_triton.kernels.common import interpreter_enabled
 
 INTERPRETER = interpreter_enabled()

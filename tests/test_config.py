@@ -23,6 +23,9 @@ def _config(**overrides) -> TrainConfig:
         ),
         (dict(plateau_factor=0), "^plateau_factor must be between 0 and 1"),
         (dict(plateau_factor="0.5"), "^plateau_factor must be between 0 and 1"),
+        (dict(plateau_factor=float("nan")), "^plateau_factor must be between 0 and 1"),
+        (dict(plateau_factor=True), "^plateau_factor must be between 0 and 1"),
+        (dict(plateau_factor=-0.1), "^plateau_factor must be between 0 and 1"),
         (
             dict(resume="sometimes"),
             "^--resume must be one of never, required, auto; got 'sometimes'$",

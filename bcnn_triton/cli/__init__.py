@@ -1,4 +1,5 @@
-"""The bcnn-triton command line: ``train``, ``eval``, ``bench``, ``predict`` and ``export``.
+"""The bcnn-triton command line: ``train``, ``eval``, ``bench``, ``predict``, ``export``, ``doctor``
+(what runs on this machine, checked).
 
 Errors in what the user gave (flags, missing folders, corrupt files, incompatible
 checkpoints, an unwritable or busy ``--out``...) end as one line ``error: ...`` on stderr and
@@ -21,13 +22,13 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from bcnn_triton import __version__
-from bcnn_triton.cli import bench, evaluate, export, predict, train
+from bcnn_triton.cli import bench, doctor, evaluate, export, predict, train
 from bcnn_triton.cli.common import InterruptedRunError, TerminatedError, sigterm_as_interrupt
 from bcnn_triton.errors import TrainingError, UserInputError, os_error_text
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = (train, evaluate, bench, predict, export)
+_COMMANDS = (train, evaluate, bench, predict, export, doctor)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bcnn-triton",
         description="Bilinear CNNs for fine-grained recognition: train, evaluate, benchmark, "
-        "predict, export.",
+        "predict, export; doctor checks what runs on this machine.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

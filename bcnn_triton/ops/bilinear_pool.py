@@ -10,19 +10,17 @@ They follow the template of ``bcnn_triton.ops.registration``: a compiled or expo
 calls each as one node with no graph break, on CPU (torch path) and on CUDA (Triton kernels)
 alike, and plain eager calls skip the custom-op dispatch. The ``backend`` argument is "auto"
 unless the caller chose one, and "auto" is resolved inside the body from the tensors at run
-time: a graph traced or exported on one machine picks the Triton kernels on CUDA and the torch
-path elsewhere, wherever it runs.
+time (``bcnn_triton.ops.dispatch``): a graph traced or exported on one machine picks the Triton
+kernels where the GPU it runs on suits them and the torch path elsewhere, wherever it runs.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Literal
 
 import torch
 
-from bcnn_triton.kernels.common import interpreter_enabled
+from bcnn_triton.ops.dispatch import BACKENDS, resolve_backend, run_dispatched, triton_available
 from bcnn_triton.ops.registration import FusedOperator
 from bcnn_triton.ops.torch_path import (
     bilinear_pool_backward_torch,
@@ -39,59 +37,12 @@ __all__ = [
     "triton_available",
 ]
 
-Backend = Literal["torch", "triton"]
-#: The implementations a ``backend`` argument can name; ``None`` or "auto" choose one at run time.
-BACKENDS: tuple[str, ...] = ("torch", "triton")
-
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-@functools.cache
-def triton_available() -> bool:
-    """Whether the Triton kernels can run here: False only where the ``triton`` package is not
-    installed. Any other import error — a broken Triton install, an error in our kernels —
-    propagates instead of silently sending CUDA tensors down the torch path."""
-    try:
-        import triton  # noqa: F401
-    except ModuleNotFoundError as error:
-        if error.name == "triton":
-            return False
-        raise
-    from bcnn_triton.kernels import bilinear_bwd, bilinear_fwd  # noqa: F401
-
-    return True
 
 
 def descriptor_size(channels_x: int, channels_y: int, triu: bool) -> int:
     """Length D of one sample's descriptor: Cx·Cy, or C(C+1)/2 for the upper triangle."""
     return channels_x * (channels_x + 1) // 2 if triu else channels_x * channels_y
-
-
-def resolve_backend(backend: str | None, x: torch.Tensor) -> Backend:
-    """The backend that will run for ``x``: the Triton kernels for CUDA tensors, else torch.
-
-    ``None`` and ``"auto"`` choose by device and dtype. Raises ValueError for an unknown name,
-    and for ``"triton"`` where it cannot run (no Triton, float64, or CPU tensors without
-    ``TRITON_INTERPRET=1``).
-    """
-    if backend == "torch":
-        return "torch"
-    if backend in (None, "auto"):
-        usable = x.is_cuda and x.dtype in _TRITON_DTYPES and triton_available()
-        return "triton" if usable else "torch"
-    if not triton_available():
-        raise ValueError("backend='triton' needs the triton package, which cannot be imported")
-    if x.dtype not in _TRITON_DTYPES:
-        raise ValueError(
-            f"backend='triton' supports float16, bfloat16 and float32; got x of dtype {x.dtype}"
-        )
-    if not x.is_cuda and not interpreter_enabled():
-        raise ValueError(
-            f"backend='triton' needs CUDA tensors (got x on {x.device}); on CPU it runs only "
-            "through the Triton interpreter, with TRITON_INTERPRET=1 set before triton is imported"
-        )
-    return "triton"
 
 
 def _check_stream(name: str, t: object) -> torch.Tensor:
@@ -178,8 +129,9 @@ def bilinear_pool(
             mean): G is then the covariance (X − μ)(Y − ν)ᵀ / L. The mean is taken out of every
             value before the product, so the result keeps its precision when the mean is large
             against the spread.
-        backend: ``None`` (Triton kernels for CUDA tensors, torch otherwise, decided at run
-            time), ``"torch"`` or ``"triton"`` (CPU tensors only under ``TRITON_INTERPRET=1``).
+        backend: ``None`` or ``"auto"`` (the Triton kernels where the GPU runs them on tensor
+            cores, torch otherwise, decided at run time: see ``bcnn_triton.ops.dispatch``),
+            ``"torch"`` or ``"triton"`` (CPU tensors only under ``TRITON_INTERPRET=1``).
 
     Returns:
         (N, Cx·Cy) descriptor — the flattened ``G = X·Yᵀ / L`` after the signed square root and
@@ -200,7 +152,7 @@ def bilinear_pool(
     if y is x:
         y = None  # the same map twice is the single-stream case: symmetric, half the work
     x_flat, y_flat = _check_arguments(x, y, triu)
-    if backend is not None:
+    if backend not in (None, "auto"):
         resolve_backend(backend, x_flat)  # a backend that cannot run here fails now, clearly
     return BILINEAR_POOL(
         x_flat, y_flat, signed_sqrt, normalize, float(eps), triu, center, backend or "auto"
@@ -232,13 +184,23 @@ def _forward(
     """x: (N, Cx, L), y: (N, Cy, L) or None → descriptor (N, D) and norm (N,) (or (0,))."""
     if x.shape[0] == 0:
         return _empty_outputs(x, y, normalize, triu)
-    if resolve_backend(backend, x) == "triton":
-        from bcnn_triton.kernels import bilinear_pool_fwd as forward
-    else:
-        forward = bilinear_pool_forward_torch
-    return forward(
-        x, y, signed_sqrt=signed_sqrt, normalize=normalize, eps=eps, triu=triu, center=center
-    )
+
+    def run(forward):
+        return forward(
+            x, y, signed_sqrt=signed_sqrt, normalize=normalize, eps=eps, triu=triu, center=center
+        )
+
+    return run_dispatched(
+        "bilinear_pool", "bilinear_pool forward", backend, x,
+        lambda: run(_kernels().bilinear_pool_fwd), lambda: run(bilinear_pool_forward_torch),
+    )  # fmt: skip
+
+
+def _kernels():
+    """The Triton launchers, imported at the first call that runs them."""
+    import bcnn_triton.kernels
+
+    return bcnn_triton.kernels
 
 
 def _forward_fake(x, y, signed_sqrt, normalize, eps, triu, center, backend):
@@ -262,14 +224,17 @@ def _backward(
     """Gradients (dx, dy) of the bilinear pool; dy is an empty (0,) tensor without a y."""
     if x.shape[0] == 0:
         return torch.zeros_like(x), _zeros_like_y(x, y)
-    if resolve_backend(backend, x) == "triton":
-        from bcnn_triton.kernels import bilinear_pool_bwd as backward
-    else:
-        backward = bilinear_pool_backward_torch
-    dx, dy = backward(
-        grad, x, y, out, norm,
-        signed_sqrt=signed_sqrt, normalize=normalize, triu=triu, center=center,
-        needs_dx=needs_dx, needs_dy=needs_dy,
+
+    def run(backward):
+        return backward(
+            grad, x, y, out, norm,
+            signed_sqrt=signed_sqrt, normalize=normalize, triu=triu, center=center,
+            needs_dx=needs_dx, needs_dy=needs_dy,
+        )  # fmt: skip
+
+    dx, dy = run_dispatched(
+        "bilinear_pool", "bilinear_pool backward", backend, x,
+        lambda: run(_kernels().bilinear_pool_bwd), lambda: run(bilinear_pool_backward_torch),
     )  # fmt: skip
     dx = torch.zeros_like(x) if dx is None else dx
     dy = _zeros_like_y(x, y) if dy is None else dy

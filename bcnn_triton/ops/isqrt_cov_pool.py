@@ -53,8 +53,10 @@ def isqrt_cov_pool(
             Gram X·Xᵀ / L (the matrix-square-root step of improved B-CNN, Lin & Maji 2017).
         triu: return the C(C+1)/2 upper-triangular entries; False returns all C² entries.
         eps: >= 0, added to the trace before dividing by it.
-        backend: ``None`` (Triton kernels for CUDA tensors, torch otherwise, decided at run
-            time), ``"torch"`` or ``"triton"`` (CPU tensors only under ``TRITON_INTERPRET=1``).
+        backend: ``None`` or ``"auto"`` (the Triton kernels where the GPU runs float32 on
+            tensor cores, torch otherwise, decided at run time: see
+            ``bcnn_triton.ops.dispatch``), ``"torch"`` or ``"triton"`` (CPU tensors only under
+            ``TRITON_INTERPRET=1``).
 
     Returns:
         (N, C(C+1)/2), or (N, C²) without ``triu``, in x's dtype. Zero or constant features give

@@ -35,7 +35,8 @@ import numbers
 
 import torch
 
-from bcnn_triton.ops.bilinear_pool import check_options, resolve_backend
+from bcnn_triton.ops.bilinear_pool import check_options
+from bcnn_triton.ops.dispatch import resolve_backend, run_dispatched
 from bcnn_triton.ops.matrix_sqrt_torch import (
     newton_schulz_gradient_torch,
     newton_schulz_torch,
@@ -48,6 +49,9 @@ from bcnn_triton.ops.torch_path import compute_dtype_for
 __all__ = ["check_iterations", "matrix_sqrt_newton_schulz", "triu_size"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The name dispatch records a failed kernel under: forward and backward share it, so that both
+# take one path and the backward finds what it expects in the forward's saved tensors.
+_OP = "matrix_sqrt_newton_schulz"
 
 
 def triu_size(channels: int) -> int:
@@ -105,8 +109,10 @@ def matrix_sqrt_newton_schulz(
             bare trace (NaN for a zero matrix).
         triu: return the upper triangle row by row, diagonal included, C(C+1)/2 values per
             sample, without weights (as fast-MPN-COV's ``Triuvec``; see :func:`isqrt_cov_pool`).
-        backend: ``None`` (Triton kernels for CUDA tensors, torch otherwise, decided at run
-            time), ``"torch"`` or ``"triton"`` (CPU tensors only under ``TRITON_INTERPRET=1``).
+        backend: ``None`` or ``"auto"`` (the Triton kernels where the GPU runs them on tensor
+            cores, torch otherwise, decided at run time by the float32 iteration: see
+            ``bcnn_triton.ops.dispatch``), ``"torch"`` or ``"triton"`` (CPU tensors only under
+            ``TRITON_INTERPRET=1``).
 
     Returns:
         (N, C, C), or (N, C(C+1)/2) with ``triu``, in a's dtype. Samples are independent:
@@ -122,7 +128,7 @@ def matrix_sqrt_newton_schulz(
     _check_matrices(a)
     check_iterations(iterations)
     check_options(eps, backend)
-    if backend is not None:
+    if backend not in (None, "auto"):
         resolve_backend(backend, a)  # a backend that cannot run here fails now, clearly
     return MATRIX_SQRT_NEWTON_SCHULZ(a, int(iterations), float(eps), bool(triu), backend or "auto")
 
@@ -135,11 +141,11 @@ def _normalized(a: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor
     return a_hat, scale
 
 
-def _method(backend: str, a: torch.Tensor) -> str:
-    """The way that runs: "triton", or the torch path's "iterate" (CUDA) or "spectral"."""
-    if resolve_backend(backend, a) == "triton":
-        return "triton"
-    return "iterate" if a.is_cuda else "spectral"
+def _kernels():
+    """The Triton launchers, imported at the first call that runs them."""
+    import bcnn_triton.kernels
+
+    return bcnn_triton.kernels
 
 
 def _triu_flat_index(channels: int, device: torch.device) -> torch.Tensor:
@@ -170,15 +176,23 @@ def _forward(
     if a.shape[0] == 0:
         return _empty_outputs(a, triu)
     a_hat, scale = _normalized(a, eps)
-    method = _method(backend, a)
-    if method == "triton":
-        from bcnn_triton.kernels import matrix_sqrt_newton_schulz_fwd
 
-        out = matrix_sqrt_newton_schulz_fwd(
+    def triton_path():
+        out = _kernels().matrix_sqrt_newton_schulz_fwd(
             a_hat, scale, iterations=iterations, triu=triu, out_dtype=a.dtype
         )
         return out, a_hat, a_hat.new_zeros(a.shape[:2]), scale
-    if method == "iterate":
+
+    # The kernels iterate in the compute dtype: dispatch looks at Â, not at a.
+    return run_dispatched(
+        _OP, f"{_OP} forward", backend, a_hat, triton_path,
+        lambda: _forward_torch(a, a_hat, scale, iterations, triu),
+    )  # fmt: skip
+
+
+def _forward_torch(a, a_hat, scale, iterations, triu):
+    """The torch path of the forward: iterate on CUDA, in the eigenbasis elsewhere."""
+    if a.is_cuda:
         root, basis, values = newton_schulz_torch(a_hat, iterations), a_hat, None
     else:
         root, basis, values = spectral_newton_schulz_torch(a_hat, iterations)
@@ -209,13 +223,22 @@ def _backward(
     values and trace (see the forward)."""
     if basis.shape[0] == 0:
         return torch.zeros_like(basis)
-    method = _method(backend, basis)
-    if method == "triton":
-        from bcnn_triton.kernels import matrix_sqrt_newton_schulz_bwd
+    # The forward kept Â, not eigenvectors, wherever it iterated: on CUDA, and wherever the
+    # kernels ran — which, resolved the same way, is where they run now.
+    iterated = basis.is_cuda or resolve_backend(backend, basis, _OP) == "triton"
+    return run_dispatched(
+        _OP, f"{_OP} backward", backend, basis,
+        lambda: _kernels().matrix_sqrt_newton_schulz_bwd(
+            grad, basis, scale, iterations=iterations, triu=triu
+        ),
+        lambda: _backward_torch(grad, basis, values, scale, iterations, triu, iterated),
+    )  # fmt: skip
 
-        return matrix_sqrt_newton_schulz_bwd(grad, basis, scale, iterations=iterations, triu=triu)
+
+def _backward_torch(grad, basis, values, scale, iterations, triu, iterated):
+    """The torch path of the backward, from Â (``iterated``) or from the eigenbasis."""
     tangent = _symmetric_gradient(grad.to(basis.dtype), triu, basis.shape[1])
-    if method == "iterate":
+    if iterated:
         grad_a = newton_schulz_gradient_torch(basis, tangent, iterations)
     else:
         grad_a = spectral_gradient_torch(basis, values, tangent, iterations)

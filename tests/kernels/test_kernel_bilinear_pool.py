@@ -414,10 +414,43 @@ def test_shared_memory_pruner_keeps_what_fits_and_always_one(monkeypatch):
     from bcnn_triton.kernels import common
 
     configs = [triton.Config({"SIZE": size}) for size in (96, 200, 40, 150)]
-    prune = common.shared_memory_pruner(lambda config, args: config.kwargs["SIZE"] * 1024, "x")
+    archs = []
+
+    def estimate(config, args, arch):
+        archs.append(arch)
+        return config.kwargs["SIZE"] * 1024
+
+    prune = common.shared_memory_pruner(estimate, "x")
     x = torch.zeros(1)
     assert prune(configs, {"x": x}) == configs  # CPU: no limit to apply
     monkeypatch.setattr(common, "_max_shared_memory", lambda device: 99 * 1024)
+    monkeypatch.setattr(common, "gpu_arch", lambda device: "sm_86")
     assert [c.kwargs["SIZE"] for c in prune(configs, {"x": x})] == [96, 40]
+    assert set(archs) == {"sm_86"}  # the estimate is asked for the launch's target
     monkeypatch.setattr(common, "_max_shared_memory", lambda device: 8 * 1024)
     assert [c.kwargs["SIZE"] for c in prune(configs, {"x": x})] == [40]
+
+
+@pytest.mark.parametrize(
+    ("arch", "expected"),
+    [
+        ("sm_80", 2 * 32768),  # cp.async: one stage fewer in shared memory
+        ("sm_86", 2 * 32768),
+        ("sm_120", 2 * 32768),
+        ("gfx942", 2 * 32768),
+        ("sm_90", 3 * 32768),
+        ("sm_100", 3 * 32768 + 1024),  # barriers
+        ("gfx950", 3 * 32768 + 3 * 32768 // 8),  # padded 16-bit rows
+        (None, 3 * 32768 + 1024 + 3 * 32768 // 8),  # unknown: the most of all
+    ],
+)
+def test_pipeline_shared_memory_follows_the_target(arch, expected):
+    from bcnn_triton.kernels.common import pipeline_shared_memory
+
+    assert pipeline_shared_memory(3, 32768, arch, element_size=2) == expected
+    # Operands shifted in registers keep every stage in shared memory on sm_8x, not on CDNA.
+    shifted = pipeline_shared_memory(3, 32768, arch, through_registers=True)
+    if arch == "sm_80":
+        assert shifted == 3 * 32768
+    if arch == "gfx942":
+        assert shifted == 2 * 32768

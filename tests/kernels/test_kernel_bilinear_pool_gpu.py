@@ -40,6 +40,20 @@ def matmul_precision(request):
     torch.set_float32_matmul_precision(previous)
 
 
+def triton_pool(*inputs, **options):
+    """The op with the kernels forced: these tests check them whatever "auto" would pick
+    (float32 at torch's "highest" precision, for one, stays on the torch path)."""
+    return bilinear_pool(*inputs, backend="triton", **options)
+
+
+def test_auto_picks_the_kernels_where_the_gpu_has_tensor_cores():
+    from bcnn_triton.ops import explain_backend
+
+    tensor_cores = torch.cuda.get_device_capability() >= (8, 0) or torch.version.hip
+    bf16 = explain_backend(torch.zeros(1, device="cuda", dtype=torch.bfloat16))
+    assert bf16.backend == ("triton" if tensor_cores else "torch"), bf16.reason
+
+
 def assert_within_twice_torch_error(ours, torch_same_dtype, reference, floor):
     ours_err = (ours.double() - reference).abs().max().item()
     torch_err = (torch_same_dtype.double() - reference).abs().max().item()
@@ -56,14 +70,14 @@ def _grads(fn, *inputs, weights):
 @pytest.mark.parametrize(("dtype", "matmul_precision"), DTYPES, indirect=["matmul_precision"])
 def test_seed_shape_forward_and_backward_against_float64(dtype, matmul_precision):
     x = feature_like(4, 512, 28, 28, dtype=dtype, dead=0.1).cuda()
-    out = bilinear_pool(x)
+    out = triton_pool(x)
     seed_out = seed_bilinear_pool(x)
     reference = bilinear_pool_reference(x)
     assert out.dtype == dtype
     assert_within_twice_torch_error(out, seed_out, reference, FLOOR[dtype])
 
     weights = torch.randn(reference.shape, dtype=torch.float64, device="cuda")
-    (ours,) = _grads(bilinear_pool, x, weights=weights)
+    (ours,) = _grads(triton_pool, x, weights=weights)
     (seeds,) = _grads(seed_bilinear_pool, x, weights=weights)
     (ref,) = _grads(bilinear_pool_reference, x.double(), weights=weights)
     assert_within_twice_torch_error(ours, seeds, ref, FLOOR[dtype])
@@ -92,13 +106,13 @@ def test_ragged_shapes_and_options_in_bfloat16(options):
         else None
     )
     inputs = (x,) if y is None else (x, y)
-    out = bilinear_pool(*inputs, **options)
+    out = triton_pool(*inputs, **options)
     torch_out = bilinear_pool(*inputs, backend="torch", **options)
     reference = bilinear_pool_reference(*inputs, **options)
     assert_within_twice_torch_error(out, torch_out, reference, FLOOR[torch.bfloat16])
 
     weights = torch.randn(reference.shape, dtype=torch.float64, device="cuda")
-    ours = _grads(lambda *t: bilinear_pool(*t, **options), *inputs, weights=weights)
+    ours = _grads(lambda *t: triton_pool(*t, **options), *inputs, weights=weights)
     torch_grads = _grads(
         lambda *t: bilinear_pool(*t, backend="torch", **options), *inputs, weights=weights
     )
@@ -114,15 +128,15 @@ def test_ragged_shapes_and_options_in_bfloat16(options):
 def test_channels_last_and_many_samples_match_the_torch_path():
     # 64 samples: many programs in flight at once, so racing mirror stores would show.
     x = feature_like(64, 256, 14, 14).cuda().to(memory_format=torch.channels_last)
-    out = bilinear_pool(x)
+    out = triton_pool(x)
     torch.testing.assert_close(out, bilinear_pool(x, backend="torch"), atol=2e-6, rtol=1e-4)
-    assert torch.equal(out, bilinear_pool(x)), "two runs differ: the kernels must be deterministic"
+    assert torch.equal(out, triton_pool(x)), "two runs differ: the kernels must be deterministic"
 
 
 def test_float16_gram_beyond_float16_range():
     x = (300 + 10 * torch.rand(2, 100, 13, 7)).to(torch.float16).cuda()
     for options in (dict(), dict(signed_sqrt=False), dict(normalize=False)):
-        out = bilinear_pool(x, **options)
+        out = triton_pool(x, **options)
         assert torch.isfinite(out).all()
         torch.testing.assert_close(
             out.double(), bilinear_pool_reference(x, **options), atol=1e-5, rtol=2e-3
@@ -132,7 +146,7 @@ def test_float16_gram_beyond_float16_range():
 def test_opcheck_on_cuda():
     x = feature_like(2, 64, 49).cuda().requires_grad_()
     for center in (False, True):
-        args = (x, None, True, True, 1e-10, False, center, "auto")
+        args = (x, None, True, True, 1e-10, False, center, "triton")
         torch.library.opcheck(torch.ops.bcnn_triton.bilinear_pool.default, args)
 
 
@@ -140,7 +154,7 @@ def test_compile_fullgraph_on_cuda():
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 64, 3, padding=1),
         torch.nn.ReLU(),
-        BilinearPool(),
+        BilinearPool(backend="triton"),
         torch.nn.Linear(64 * 64, 10),
     ).cuda()
     images = torch.randn(4, 3, 16, 16, device="cuda")
@@ -168,7 +182,7 @@ def test_both_normalization_strategies(strategy, dtype):
 def test_float16_gradients_of_realistic_size_do_not_underflow():
     x = feature_like(4, 512, 28, 28, dtype=torch.float16).cuda()
     weights = 1e-4 * torch.randn(4, 512 * 512, dtype=torch.float64, device="cuda")
-    (ours,) = _grads(bilinear_pool, x, weights=weights)
+    (ours,) = _grads(triton_pool, x, weights=weights)
     (torch_path,) = _grads(lambda t: bilinear_pool(t, backend="torch"), x, weights=weights)
     (ref,) = _grads(bilinear_pool_reference, x.double(), weights=weights)
     assert ours.abs().max() > 0.5 * ref.abs().max()
@@ -199,7 +213,7 @@ def test_a_map_on_the_second_gpu_runs_there():
     """The current device stays 0; the kernels must follow the tensors to GPU 1."""
     torch.cuda.set_device(0)
     x = feature_like(2, 64, 7, 7).to("cuda:1").requires_grad_()
-    out = bilinear_pool(x)
+    out = triton_pool(x)
     assert out.device == x.device
     torch.testing.assert_close(out.cpu(), bilinear_pool(x.detach().cpu()), atol=2e-6, rtol=1e-4)
     out.sum().backward()
