@@ -139,6 +139,7 @@ def run_training(config: TrainConfig, context: DistributedContext) -> list[Stage
     """
     config.check()
     _check_resume(config)
+    config = config.with_backbone_preprocessing()
     data: DataSplits = build_datasets(config.data)
     wanted = {
         "head": config.head,
