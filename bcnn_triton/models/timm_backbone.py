@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bcnn_triton.config import TIMM_PREFIX
+from bcnn_triton.config import TIMM_PREFIX, is_timm_backbone
 from bcnn_triton.errors import UserInputError
 from bcnn_triton.models.weights import (
     TIMM_PRETRAINED,
@@ -42,6 +42,7 @@ __all__ = [
     "TimmFeatures",
     "TimmUnavailableError",
     "build_timm_backbone",
+    "convert_sync_batchnorm",
     "timm_architecture",
     "timm_min_input_size",
     "timm_preprocessing",
@@ -242,3 +243,14 @@ def _unfit_file(backbone: str, path: Path, error: Exception) -> ValueError:
         f"(expected the state dict of timm's {_model_name(backbone)}, a .safetensors or torch "
         f"file): {type(error).__name__}: {detail}"
     )
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with SyncBatchNorm for its BatchNorms: timm's conversion where a backbone is
+    from timm (it keeps the activation that timm's BatchNormAct2d applies, which torch's
+    ``nn.SyncBatchNorm.convert_sync_batchnorm`` silently drops), torch's otherwise."""
+    config = getattr(model, "config", {})
+    backbones = (config.get("backbone"), config.get("second_backbone"))
+    if not any(is_timm_backbone(name) for name in backbones):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return import_timm(str(config["backbone"])).layers.convert_sync_batchnorm(model)

@@ -21,7 +21,11 @@ from bcnn_triton.models import (
     feature_channels,
     model_from_config,
 )
-from bcnn_triton.models.timm_backbone import TimmUnavailableError, timm_architecture
+from bcnn_triton.models.timm_backbone import (
+    TimmUnavailableError,
+    convert_sync_batchnorm,
+    timm_architecture,
+)
 
 pytestmark = pytest.mark.usefixtures("offline_hub")
 
@@ -201,3 +205,14 @@ def test_compiles_to_one_graph():
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(images), model(images))
+
+
+def test_sync_batchnorm_keeps_the_activation_of_timm_norm_layers():
+    model = GlobalPoolCNN("timm/mobilenetv3_small_050", 3)
+    fused = type(model.features.model.bn1).__name__
+    assert fused == "BatchNormAct2d"
+    converted = convert_sync_batchnorm(model)
+    assert type(converted.features.model.bn1).__name__ == "SyncBatchNormAct"
+    assert converted.features.model.bn1.act is not None
+    plain = convert_sync_batchnorm(GlobalPoolCNN("tiny", 3))
+    assert isinstance(plain.features[0][1], torch.nn.SyncBatchNorm)
