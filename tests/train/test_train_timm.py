@@ -4,6 +4,10 @@ model's own preprocessing."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -46,3 +50,20 @@ def test_fc_freezes_all_fine_tunes_and_checkpoints_record_preprocessing(
         assert state["preprocessing"]["mean"] == mean
         assert state["preprocessing"]["interpolation"] == interpolation
         assert state["preprocessing"]["image_size"] == 32
+
+
+@pytest.mark.slow
+def test_torchrun_fine_tunes_a_vit_without_unused_parameters(tmp_path):
+    # Stage all under DDP (no find_unused_parameters) fails if a backbone parameter gets no
+    # gradient, e.g. a classifier head left in the pruned timm model.
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    command += ["2", "-m", "bcnn_triton", "train", "--out", str(out), "--weights", "none"]
+    command += ["--backbone", "timm/vit_tiny_patch16_224", "--head", "isqrt", "--reduce-dim", "8"]
+    command += ["--epochs", "1", "1", "--image-size", "32", "--train-size", "40", "--test-size"]
+    command += ["8", "--val-fraction", "0.2", "--batch-size", "8", "--no-progress"]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = load_checkpoint(out / "all" / "best.pt")
+    assert state["world_size"] == 2 and state["model_config"]["backbone"].startswith("timm/")
