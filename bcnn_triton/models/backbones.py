@@ -44,7 +44,8 @@ def check_backbone(name: object, argument: str = "backbone") -> str:
         return check_timm_backbone(name, argument)
     if name not in BACKBONE_SPECS:
         raise ValueError(
-            f"{argument} must be one of {', '.join(BACKBONES)}, or timm/<model name>; got {name!r}"
+            f"{argument} must be one of {', '.join(BACKBONES)}; got {name!r} (or timm/<model "
+            "name> for a timm model)"
         )
     return name
 

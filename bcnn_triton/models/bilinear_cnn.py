@@ -16,7 +16,7 @@ __all__ = ["BilinearCNN"]
 
 
 class BilinearCNN(BackboneClassifier):
-    """Bilinear CNN (Lin, RoyChowdhury, Maji, ICCV 2015) on torchvision backbones.
+    """Bilinear CNN (Lin, RoyChowdhury, Maji, ICCV 2015) on torchvision or timm backbones.
 
     images (N, 3, H, W) → backbone map X (N, C, h, w) [→ optional 1×1 reduction to
     ``reduce_dim`` channels] → ``bilinear_pool(X)`` (N, D) → ``fc`` → logits (N, num_classes).
@@ -26,11 +26,13 @@ class BilinearCNN(BackboneClassifier):
     its ``Net``, with the same weights.
 
     Args:
-        backbone: one of :data:`BACKBONES`.
+        backbone: one of :data:`BACKBONES`, or ``"timm/<model name>"`` (any timm model, see
+            :mod:`bcnn_triton.models.timm_backbone`).
         num_classes: classifier outputs, >= 1.
         weights: pretrained weights for the backbone: a torchvision weights enum member, its
             name (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"VGG16_Weights.IMAGENET1K_V1"``), a path
-            to a saved state dict of the torchvision model, or None (random init).
+            to a saved state dict of the torchvision model, or None (random init); for a timm
+            backbone ``"DEFAULT"`` (its tag's pretrained weights), a file, or None.
         second_backbone: a second stream (two-stream B-CNN); its map is resized (bilinear,
             ``align_corners=False``) to the first one's h×w and pooled as the op's ``y``.
         second_weights: like ``weights``, for the second backbone.

@@ -17,7 +17,7 @@ __all__ = ["ISqrtCovCNN"]
 
 
 class ISqrtCovCNN(BackboneClassifier):
-    """iSQRT-COV network (Li, Xie, Wang, Gao, CVPR 2018) on torchvision backbones.
+    """iSQRT-COV network (Li, Xie, Wang, Gao, CVPR 2018) on torchvision or timm backbones.
 
     images (N, 3, H, W) → backbone map (N, C, h, w) [→ 1×1 conv + BN + ReLU to ``reduce_dim``
     channels] → :func:`bcnn_triton.isqrt_cov_pool` (N, C(C+1)/2) → ``fc`` → (N, num_classes).
