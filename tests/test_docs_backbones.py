@@ -7,8 +7,12 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from bcnn_triton.cli import build_parser
 from bcnn_triton.cli.train import build_train_configs
+
+pytest.importorskip("timm")
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "backbones.md"
 

@@ -15,6 +15,8 @@ from bcnn_triton.cli import main
 from bcnn_triton.data import SyntheticSecondOrder
 from bcnn_triton.models.timm_backbone import timm_architecture
 
+pytest.importorskip("timm")
+
 TINY = [
     "--weights", "none", "--head", "gap", "--epochs", "1", "1", "--image-size", "32",
     "--train-size", "24", "--test-size", "8", "--val-fraction", "0.25", "--batch-size", "8",

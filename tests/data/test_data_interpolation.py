@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import timm
 import torch
 from PIL import Image
 
@@ -12,6 +11,8 @@ from bcnn_triton.config import DataConfig, TrainConfig
 from bcnn_triton.data import EvalTransform, Preprocessing, SyntheticSecondOrder, build_datasets
 from bcnn_triton.errors import UserInputError
 from bcnn_triton.models.timm_backbone import timm_preprocessing
+
+timm = pytest.importorskip("timm")
 
 
 def test_interpolation_is_stored_only_where_not_bilinear():

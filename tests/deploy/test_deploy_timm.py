@@ -20,6 +20,8 @@ from bcnn_triton.deploy import (
 )
 from bcnn_triton.models import create_model
 
+pytest.importorskip("timm")
+
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 onnxruntime = pytest.importorskip("onnxruntime")

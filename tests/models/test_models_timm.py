@@ -10,9 +10,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-import timm
 import torch
-from safetensors.torch import save_file
 
 from bcnn_triton.models import (
     BilinearCNN,
@@ -26,6 +24,9 @@ from bcnn_triton.models.timm_backbone import (
     convert_sync_batchnorm,
     timm_architecture,
 )
+
+timm = pytest.importorskip("timm")
+save_file = pytest.importorskip("safetensors.torch").save_file
 
 pytestmark = pytest.mark.usefixtures("offline_hub")
 

@@ -14,6 +14,8 @@ import torch
 from bcnn_triton.models import create_model
 from bcnn_triton.train import load_checkpoint, run_training
 
+pytest.importorskip("timm")
+
 
 @pytest.mark.parametrize(
     ("backbone", "head", "options", "preprocessing"),
