@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,11 +32,13 @@ __all__ = [
     "MIN_IMAGE_SIZE",
     "RESUME_MODES",
     "STAGES",
+    "TIMM_PREFIX",
     "BackboneSpec",
     "DataConfig",
     "HeadSpec",
     "TrainConfig",
     "default_of",
+    "is_timm_backbone",
     "min_image_size",
 ]
 
@@ -61,8 +63,16 @@ BACKBONE_SPECS: dict[str, BackboneSpec] = {
     # Four conv-BN-ReLU blocks, random init: the CPU demo and the tests.
     "tiny": BackboneSpec(64, 1, pretrained=False),
 }
-#: Backbone names accepted by the models and ``--backbone``.
+#: Backbone names accepted by the models and ``--backbone``, besides ``timm/<model name>``.
 BACKBONES: tuple[str, ...] = tuple(BACKBONE_SPECS)
+#: Prefix of a timm backbone: ``timm/<model name>``, the model's Hugging Face Hub id (e.g.
+#: ``timm/resnet50.a1_in1k``); needs the ``[timm]`` extra.
+TIMM_PREFIX = "timm/"
+
+
+def is_timm_backbone(name: object) -> bool:
+    """Whether ``name`` has the form ``timm/<model name>`` (whether timm has it is not checked)."""
+    return isinstance(name, str) and name.startswith(TIMM_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -123,19 +133,28 @@ class DataConfig:
     synthetic_train_size: int = 2048
     synthetic_test_size: int = 1024
     synthetic_options: dict = field(default_factory=dict)
+    # None: what torchvision's backbones expect (ImageNet's mean and std, bilinear resizing).
+    # Training fills them from a timm backbone's pretrained config.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: str | None = None
 
     @property
     def preprocessing(self) -> Preprocessing:
-        """How evaluation images are prepared: resize, centre crop, ImageNet mean/std.
+        """How evaluation images are prepared: resize, centre crop, normalization.
 
-        Synthetic images are generated at ``image_size`` with the same normalization, which is
-        what this preprocessing gives for an image file of that size (resize and crop are
-        then no-ops).
+        ``mean``, ``std`` and ``interpolation`` where set, else ImageNet's mean and std and
+        bilinear resizing. Synthetic images are generated at ``image_size`` with the same
+        normalization, which is what this preprocessing gives for an image file of that size
+        (resize and crop are then no-ops).
         """
         # Imported on use: this module must import without torch (the parser is built from it).
         from bcnn_triton.data.transforms import Preprocessing
 
-        return Preprocessing(self.image_size)
+        given = {name: getattr(self, name) for name in ("mean", "std", "interpolation")}
+        return Preprocessing(
+            self.image_size, **{name: value for name, value in given.items() if value is not None}
+        )
 
 
 def _default_workers() -> int:
@@ -180,11 +199,30 @@ class TrainConfig:
     progress: bool = True
 
     def model_weights(self) -> str | None:
-        """``weights`` as the model takes it: "DEFAULT" means none for a backbone without any."""
+        """``weights`` as the model takes it: "DEFAULT" means none for a backbone without any.
+
+        For a timm backbone "DEFAULT" means the pretrained weights of its tag.
+        """
         spec = BACKBONE_SPECS.get(self.backbone)
         if self.weights == "DEFAULT" and spec is not None and not spec.pretrained:
             return None
         return self.weights
+
+    def with_backbone_preprocessing(self) -> TrainConfig:
+        """This config, with the data's unset mean, std and interpolation taken from a timm
+        backbone's pretrained config (torchvision's backbones keep ImageNet's and bilinear)."""
+        if not is_timm_backbone(self.backbone):
+            return self
+        # Imported on use: it imports torch and timm.
+        from bcnn_triton.models.timm_backbone import timm_preprocessing
+
+        pretrained = timm_preprocessing(self.backbone)
+        unset = {
+            name: pretrained[name]
+            for name in ("mean", "std", "interpolation")
+            if getattr(self.data, name) is None
+        }
+        return replace(self, data=replace(self.data, **unset))
 
     def stage_options(self, stage: str) -> dict[str, Any]:
         """JSON-ready options of one stage (per-stage values resolved), for metrics.json."""
@@ -202,12 +240,13 @@ class TrainConfig:
         Everything that can be known before data and model are built is checked here, once.
         """
         _check_choice("--head", self.head, HEADS)
-        _check_choice("--backbone", self.backbone, BACKBONES)
+        if not is_timm_backbone(self.backbone):
+            _check_choice("--backbone", self.backbone, BACKBONES)
         _check_choice("--amp", self.amp, AMP_MODES)
         _check_choice("--resume", self.resume, RESUME_MODES)
         if not self.stages or any(stage not in STAGES for stage in self.stages):
             raise UserInputError(f"stages must be among {', '.join(STAGES)}; got {self.stages}")
-        minimum = min_image_size(self.backbone)
+        minimum = _checked_min_image_size(self.backbone)
         if self.data.image_size < minimum:
             raise UserInputError(
                 f"--image-size must be at least {minimum} for backbone {self.backbone}; "
@@ -231,6 +270,18 @@ def _check_fraction(name: str, value: object) -> None:
     valid = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not (valid and 0.0 < value < 1.0):
         raise UserInputError(f"{name} must be between 0 and 1 (exclusive); got {value!r}")
+
+
+def _checked_min_image_size(backbone: str) -> int:
+    if not is_timm_backbone(backbone):
+        return min_image_size(backbone)
+    # Imported on use: it imports torch and timm, and checks that the timm model exists.
+    from bcnn_triton.models.timm_backbone import timm_min_input_size
+
+    try:
+        return max(MIN_IMAGE_SIZE, timm_min_input_size(backbone))
+    except ValueError as error:
+        raise UserInputError(f"--backbone {backbone}: {error}") from None
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

@@ -38,6 +38,7 @@ from bcnn_triton.config import (
     DataConfig,
     TrainConfig,
     default_of,
+    is_timm_backbone,
     min_image_size,
 )
 from bcnn_triton.errors import UserInputError
@@ -73,6 +74,9 @@ examples:
   bcnn-triton train --data ~/data/CUB_200_2011 --out runs/cub --resume
   bcnn-triton train --data ~/data/CUB_200_2011 --out runs/r50-isqrt --backbone resnet50 \\
       --head isqrt --reduce-dim 256                     # iSQRT-COV, 2048 -> 256 channels
+  bcnn-triton train --data ~/data/CUB_200_2011 --out runs/dinov2-isqrt --head isqrt \\
+      --backbone timm/vit_small_patch14_dinov2.lvd142m --reduce-dim 256 --image-size 448
+                                                        # any timm model (pip install '.[timm]')
   torchrun --nproc_per_node 4 -m bcnn_triton train --data ~/data/CUB_200_2011 \\
       --out runs/cub --batch-size 64                    # 4 GPUs, 16 images each
   torchrun --nproc_per_node 4 --max-restarts 3 -m bcnn_triton train ... --out runs/cub \\
@@ -133,7 +137,8 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
         type=integer,
         metavar="PX",
         help="train: resize + random crop; eval: resize + centre crop; at least "
-        f"{_minimum_sizes()} ({_defaults('image_size')})",
+        f"{_minimum_sizes()}; for timm/... the model's stride ({_defaults('image_size')}; "
+        "timm/...: the model's pretrained input size)",
     )
     data.add_argument(
         "--val-fraction",
@@ -195,7 +200,12 @@ def _add_synthetic_flags(parser: argparse.ArgumentParser) -> None:
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument(
-        "--backbone", choices=BACKBONES, help=f"feature extractor ({_defaults('backbone')})"
+        "--backbone",
+        type=_backbone,
+        metavar="NAME",
+        help=f"feature extractor: {', '.join(BACKBONES)}, or timm/<model name> for any timm "
+        "model, e.g. timm/convnext_tiny.fb_in22k_ft_in1k or timm/vit_small_patch14_dinov2.lvd142m "
+        f"({_defaults('backbone')})",
     )
     pooling = "; ".join(f"{name}: {spec.pooling}" for name, spec in HEAD_SPECS.items())
     model.add_argument(
@@ -212,14 +222,14 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
         dest="weights_name",
         metavar="NAME|PATH|none",
         help="backbone weights: a torchvision name (DEFAULT, IMAGENET1K_V1...), a state-dict "
-        "file, or none (default: DEFAULT for torchvision backbones; none for tiny, and on "
-        "synthetic data)",
+        "file (.safetensors too for timm/...), or none (default: DEFAULT: torchvision's, or the "
+        "pretrained weights of a timm model's tag; none for tiny, and on synthetic data)",
     )
     model.add_argument(
         "--reduce-dim",
         type=positive_int,
         metavar="C",
-        help="1x1 conv to this many channels before pooling (for resnet50/101's 2048)",
+        help="1x1 conv to this many channels before pooling (for resnet50/101's 2048, a ViT's 768)",
     )
 
 
@@ -237,7 +247,7 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="stage all: start from this best.pt or checkpoint instead of OUT/fc/best.pt",
     )
-    per_stage = "one value for every stage, or one per stage (fc all)"
+    per_stage = "one value for every stage, or one per stage (fc all; two run both stages)"
     for name, value_type, metavar, what in (
         ("epochs", positive_int, "N", "epochs"),
         ("lr", positive_float, "LR", "learning rate"),
@@ -352,6 +362,37 @@ def _per_stage(flag: str, values: list, stages: tuple[str, ...]) -> dict:
     )
 
 
+def _backbone(text: str) -> str:
+    """argparse type of --backbone: one of BACKBONES, or timm/<model name> (checked later)."""
+    if text in BACKBONES or (is_timm_backbone(text) and text.strip("/") != "timm"):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {text!r} (choose from {', '.join(BACKBONES)}, or timm/<model name>)"
+    )
+
+
+def _timm_image_size(options: dict[str, Any]) -> None:
+    """A timm backbone's pretrained input size, where --image-size (or the demo) sets none."""
+    backbone = options.get("backbone", default_of("backbone"))
+    if is_timm_backbone(backbone) and "image_size" not in options:
+        from bcnn_triton.models.timm_backbone import timm_preprocessing
+
+        try:
+            options["image_size"] = timm_preprocessing(backbone)["image_size"]
+        except ValueError as error:
+            raise UserInputError(f"--backbone {backbone}: {error}") from None
+
+
+def _stages(given: dict[str, Any], options: dict[str, Any]) -> tuple[str, ...]:
+    """The stages to run: --stage's; without it, both where a per-stage flag has one value per
+    stage (``--epochs 1 1`` on the fc-only demo), else the recipe's or the demo's."""
+    if "stages" not in given and any(
+        len(given.get(name, ())) == len(STAGES) for name in _PER_STAGE
+    ):
+        options["stages"] = STAGES
+    return options.get("stages", default_of("stages"))
+
+
 def _given_options(args: argparse.Namespace) -> dict[str, Any]:
     """The flags the user gave, named like the fields of TrainConfig / DataConfig (and heads)."""
     given = {
@@ -413,7 +454,8 @@ def build_train_configs(args: argparse.Namespace, world_size: int = 1) -> list[T
     synthetic = args.data_path == "synthetic" or args.dataset_name == "synthetic"
     given = _given_options(args)
     options = {**(DEMO if synthetic else {}), **given}
-    stages = options.get("stages", default_of("stages"))
+    _timm_image_size(options)
+    stages = _stages(given, options)
     for name, flag in _PER_STAGE.items():
         if name in given:
             options[name] = _per_stage(flag, given[name], stages)

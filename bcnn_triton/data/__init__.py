@@ -22,6 +22,7 @@ from bcnn_triton.data.synthetic import SyntheticSecondOrder
 from bcnn_triton.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    INTERPOLATIONS,
     EvalTransform,
     Preprocessing,
     TrainTransform,
@@ -31,6 +32,7 @@ __all__ = [
     "DATASETS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "INTERPOLATIONS",
     "DataConfig",
     "DataSplits",
     "EvalTransform",

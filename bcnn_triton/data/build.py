@@ -17,7 +17,6 @@ from bcnn_triton.data.images import ImageRecord, ImageRecordDataset, check_data_
 from bcnn_triton.data.seeding import generator_for
 from bcnn_triton.data.synthetic import SyntheticSecondOrder
 from bcnn_triton.data.torchvision_sets import TORCHVISION_DATASETS, load_torchvision_records
-from bcnn_triton.data.transforms import TrainTransform
 from bcnn_triton.errors import UserInputError
 
 __all__ = [
@@ -120,10 +119,13 @@ def _load_records(
 
 
 def _build_synthetic(config: DataConfig) -> DataSplits:
+    preprocessing = config.preprocessing
     options = dict(
         num_classes=config.synthetic_classes,
         image_size=config.image_size,
         seed=config.seed,
+        mean=preprocessing.mean,
+        std=preprocessing.std,
         **config.synthetic_options,
     )
     pool = SyntheticSecondOrder(config.synthetic_train_size, split="train", **options)
@@ -177,7 +179,7 @@ def build_datasets(config: DataConfig) -> DataSplits:
             f"{config.root} has too few images for a validation and a test split "
             f"({len(pool)} training images over {len(classes)} classes)"
         )
-    train_transform = TrainTransform(config.image_size)
+    train_transform = config.preprocessing.train_transform()
     eval_transform = config.preprocessing.eval_transform()
     return DataSplits(
         train=ImageRecordDataset(

@@ -23,6 +23,7 @@ process, worker and epoch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -72,8 +73,8 @@ class SyntheticSecondOrder(Dataset):
         coupling: probability that a cell's orientation follows the class's colour pairing.
         tint_radius, grating_amplitude, noise_std: pixel-space amplitudes (images are in [0, 1]
             around grey 0.5 before normalization).
-        normalize: return ImageNet-normalized tensors (what the models expect); ``generate``
-            always returns the [0, 1] image.
+        normalize: return tensors normalized with ``mean`` and ``std`` (ImageNet's by default:
+            what the models expect); ``generate`` always returns the [0, 1] image.
 
     ``dataset[i]`` is ``(image (3, S, S) float32, label int)`` with label ``i % num_classes``.
 
@@ -98,6 +99,8 @@ class SyntheticSecondOrder(Dataset):
         grating_amplitude: float = 0.25,
         noise_std: float = 0.04,
         normalize: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         if num_classes < 2:
             raise UserInputError(
@@ -133,8 +136,8 @@ class SyntheticSecondOrder(Dataset):
         self.wavelength = image_size / (3.0 * cells_per_side)
         coords = torch.arange(image_size, dtype=torch.float32) + 0.5
         self._ys, self._xs = torch.meshgrid(coords, coords, indexing="ij")
-        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self._mean = torch.tensor(tuple(mean), dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(tuple(std), dtype=torch.float32).view(3, 1, 1)
 
     def __len__(self) -> int:
         return self.size

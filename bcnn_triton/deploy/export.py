@@ -71,8 +71,21 @@ def exported_program(trained: TrainedModel) -> torch.export.ExportedProgram:
     size = trained.preprocessing.image_size
     example = torch.zeros(2, 3, size, size, device=trained.device)
     batch = torch.export.Dim("batch", min=1)
-    with torch.no_grad():
-        return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    try:
+        with torch.no_grad():
+            return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    except Exception as error:
+        raise _export_failed(trained, "torch.export", error) from error
+
+
+def _export_failed(trained: TrainedModel, exporter: str, error: Exception) -> ExportError:
+    # One line naming the backbone: some (e.g. timm models with data-dependent Python control
+    # flow) cannot be traced; the chained exception keeps torch's whole report.
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return ExportError(
+        f"cannot export a model on backbone {trained.model.config.get('backbone')!r} with "
+        f"{exporter}: {type(error).__name__}: {lines[0] if lines else ''}"
+    )
 
 
 def missing_translations(
@@ -132,8 +145,9 @@ def export_onnx(trained: TrainedModel, path: str | Path) -> Path:
     """Save the model as an ONNX file with its metadata; returns ``path``.
 
     Raises:
-        ExportError: onnx or onnxscript is missing, or the model contains one of our operators
-            without an ONNX translation (named in the message).
+        ExportError: onnx or onnxscript is missing, the model contains one of our operators
+            without an ONNX translation (named in the message), or the exporter fails on the
+            model (the message names the backbone and the exporter's first line).
     """
     table = _onnx_translations()
     program = exported_program(trained)
@@ -144,15 +158,18 @@ def export_onnx(trained: TrainedModel, path: str | Path) -> Path:
             "ONNX translation yet (add one to ONNX_TRANSLATIONS in bcnn_triton/deploy/onnx_ops.py)"
             "; --format pt2 exports it"
         )
-    onnx_program = torch.onnx.export(
-        program,
-        dynamo=True,
-        custom_translation_table=table,
-        # Names the program's dynamic batch dimension in the file's input and output shapes.
-        dynamic_shapes=({0: "batch"},),
-        output_names=["logits"],
-        verbose=False,
-    )
+    try:
+        onnx_program = torch.onnx.export(
+            program,
+            dynamo=True,
+            custom_translation_table=table,
+            # Names the program's dynamic batch dimension in the file's input and output shapes.
+            dynamic_shapes=({0: "batch"},),
+            output_names=["logits"],
+            verbose=False,
+        )
+    except Exception as error:
+        raise _export_failed(trained, "torch.onnx.export", error) from error
     onnx_program.model.metadata_props.update(
         {key: json.dumps(value) for key, value in export_metadata(trained).items()}
     )

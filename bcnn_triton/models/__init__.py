@@ -1,4 +1,5 @@
-"""B-CNN and iSQRT-COV models on torchvision backbones, and the global-average-pooling baseline."""
+"""B-CNN and iSQRT-COV models on torchvision or timm backbones, and the global-average-pooling
+baseline."""
 
 from bcnn_triton.models.backbones import BACKBONES, feature_channels
 from bcnn_triton.models.bilinear_cnn import BilinearCNN

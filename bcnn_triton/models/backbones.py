@@ -1,5 +1,6 @@
-"""Convolutional feature extractors for the B-CNN: torchvision backbones cut at their last conv
-block, and a tiny random-init network for CPU demos and tests.
+"""Feature extractors for the B-CNN: torchvision backbones cut at their last conv block, a tiny
+random-init network for CPU demos and tests, and any timm model (``"timm/<model name>"``, see
+:mod:`bcnn_triton.models.timm_backbone`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,13 @@ from collections import OrderedDict
 import torchvision
 from torch import nn
 
-from bcnn_triton.config import BACKBONE_SPECS, BACKBONES
+from bcnn_triton.config import BACKBONE_SPECS, BACKBONES, is_timm_backbone
+from bcnn_triton.models.timm_backbone import (
+    build_timm_backbone,
+    check_timm_backbone,
+    timm_architecture,
+    timm_min_input_size,
+)
 from bcnn_triton.models.weights import WeightsSpec, load_weights, resolve_weights
 
 __all__ = [
@@ -28,40 +35,56 @@ _TINY_BLOCKS = ((16, 2), (32, 2), (64, 2), (64, 1))
 
 
 def check_backbone(name: object, argument: str = "backbone") -> str:
-    """``name`` if it is a known backbone, else ValueError naming ``argument`` and BACKBONES."""
+    """``name`` if it is a known backbone, else ValueError naming ``argument`` and BACKBONES.
+
+    A ``"timm/<model name>"`` is known if timm has that model (TimmUnavailableError without
+    timm).
+    """
+    if is_timm_backbone(name):
+        return check_timm_backbone(name, argument)
     if name not in BACKBONE_SPECS:
-        raise ValueError(f"{argument} must be one of {', '.join(BACKBONES)}; got {name!r}")
+        raise ValueError(
+            f"{argument} must be one of {', '.join(BACKBONES)}; got {name!r} (or timm/<model "
+            "name> for a timm model)"
+        )
     return name
 
 
 def feature_channels(backbone: str) -> int:
-    """Channels C of the backbone's feature map (before any reduction).
+    """Channels C of the backbone's feature map (before any reduction), read from the model
+    for timm backbones.
 
     Example:
-        >>> feature_channels("resnet50")
-        2048
+        >>> feature_channels("resnet50"), feature_channels("timm/convnext_atto")
+        (2048, 320)
     """
-    return BACKBONE_SPECS[check_backbone(backbone)].channels
+    if is_timm_backbone(check_backbone(backbone)):
+        return timm_architecture(backbone).channels
+    return BACKBONE_SPECS[backbone].channels
 
 
 def min_input_size(backbone: str) -> int:
     """Smallest image height and width the backbone maps to a non-empty feature map."""
-    return BACKBONE_SPECS[check_backbone(backbone)].min_input_size
+    if is_timm_backbone(check_backbone(backbone)):
+        return timm_min_input_size(backbone)
+    return BACKBONE_SPECS[backbone].min_input_size
 
 
-def build_backbone(name: str, weights: WeightsSpec = None) -> nn.Sequential:
+def build_backbone(name: str, weights: WeightsSpec = None) -> nn.Module:
     """The feature extractor of backbone ``name``: images (N, 3, H, W) → (N, C, H', W').
 
     ``vgg16``/``vgg19``: ``features`` without the last max-pool (relu5_3 / relu5_4, stride 16).
     ``resnet*``: conv1 through layer4 (stride 32). ``tiny``: four conv-BN-ReLU blocks (stride 8).
     All end in a ReLU, so the map is non-negative. ``weights`` is loaded strictly into the whole
     torchvision model (a state dict of the torchvision model; of this module for ``tiny``).
+    ``timm/<model name>``: see :func:`~bcnn_triton.models.timm_backbone.build_timm_backbone`.
 
     Example:
         >>> build_backbone("tiny")(torch.rand(2, 3, 64, 64)).shape
         torch.Size([2, 64, 8, 8])
     """
-    check_backbone(name)
+    if is_timm_backbone(check_backbone(name)):
+        return build_timm_backbone(name, weights)
     resolved = resolve_weights(name, weights)
     # Weights first: a missing download fails before seconds are spent on a random init.
     state = None if resolved is None else load_weights(name, resolved)

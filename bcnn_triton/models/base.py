@@ -1,5 +1,10 @@
-"""What every classifier on a backbone shares: checked arguments and images, the split into
-pretrained backbone and new head, and a backbone freeze that also stops BatchNorm statistics.
+"""What every classifier on a backbone shares, built in one place: checked arguments, the
+backbone(s), the optional 1×1 reduction, the classifier, the split into pretrained backbone and
+new head, a backbone freeze that also stops BatchNorm statistics, and checked images.
+
+A model class says only what is its own (as timm's ``build_model_with_cfg`` lets a model say
+only its config): its ``head`` name, its constructor's options, their checks, its pooling module
+with the descriptor size, and how it pools. :class:`BackboneClassifier` builds the rest.
 """
 
 from __future__ import annotations
@@ -13,7 +18,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bcnn_triton.models.backbones import min_input_size
+from bcnn_triton.models.backbones import (
+    build_backbone,
+    check_backbone,
+    feature_channels,
+    min_input_size,
+    reduction_block,
+)
 
 __all__ = ["BackboneClassifier", "check_positive_int", "linear_classifier"]
 
@@ -48,25 +59,102 @@ def _plain_value(name: str, value: Any) -> Any:
     return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
+def _check_common_arguments(arguments: Mapping[str, Any]) -> None:
+    check_backbone(arguments["backbone"])
+    second_backbone = arguments.get("second_backbone")
+    second_weights = arguments.get("second_weights")
+    if second_backbone is not None:
+        check_backbone(second_backbone, "second_backbone")
+    elif second_weights is not None:
+        raise ValueError(
+            f"second_weights needs a second_backbone; got second_weights={second_weights!r} "
+            "with second_backbone=None"
+        )
+    check_positive_int("num_classes", arguments["num_classes"])
+    check_positive_int("reduce_dim", arguments["reduce_dim"], optional=True)
+
+
+def _optional_reduction(backbone: str | None, reduce_dim: int | None) -> nn.Sequential | None:
+    if backbone is None or reduce_dim is None:
+        return None
+    return reduction_block(feature_channels(backbone), reduce_dim)
+
+
 class BackboneClassifier(nn.Module):
     """Base of the models: one or two backbones (``features``, ``second_features``) and a head.
 
-    Subclasses build their modules, then call :meth:`set_backbone_frozen`. Parameters of
-    ``features`` and ``second_features`` are the backbone; every other parameter is the head.
-    While frozen, the backbone's parameters have ``requires_grad=False`` and the backbone stays
-    in eval mode through ``model.train()``, so BatchNorm uses and keeps its running statistics.
+    A subclass sets ``head``, lists its options in its constructor's signature (``backbone``,
+    ``num_classes``, ``weights``, ``reduce_dim``, ``freeze_backbone``, optionally
+    ``second_backbone`` and ``second_weights``, then its own), and passes them on with
+    ``super().__init__(locals())``. It overrides :meth:`_check_head_options` (its own options,
+    checked before any backbone is built), :meth:`_build_pool` (its pooling modules and the
+    descriptor size) and :meth:`_pool` (feature maps → descriptor).
+
+    Built in this order, which fixes the order of ``parameters()`` (and so of optimizer state in
+    checkpoints): ``features``, ``second_features``, ``reduction``, ``second_reduction`` (1×1
+    conv + BN + ReLU to ``reduce_dim`` channels, or None), the pool, ``fc``.
+
+    Parameters of ``features`` and ``second_features`` are the backbone; every other parameter
+    is the head. While frozen, the backbone's parameters have ``requires_grad=False`` and the
+    backbone stays in eval mode through ``model.train()``, so BatchNorm uses and keeps its
+    running statistics.
     """
 
     features: nn.Module
     second_features: nn.Module | None
+    reduction: nn.Module | None
+    second_reduction: nn.Module | None
     fc: nn.Linear
     #: The head name of the subclass (a key of ``bcnn_triton.config.HEAD_SPECS``).
     head: ClassVar[str]
 
-    def __init__(self) -> None:
+    def __init__(self, arguments: Mapping[str, Any]) -> None:
+        """Build the model from the subclass constructor's arguments (its ``locals()``)."""
         super().__init__()
         self._backbone_frozen = False
-        self._min_input_size = 1
+        self._record_config(arguments)
+        # Arguments are checked before the backbones, slow to build (or to download), are built.
+        _check_common_arguments(arguments)
+        self._check_head_options(arguments)
+
+        backbone, reduce_dim = arguments["backbone"], arguments["reduce_dim"]
+        second_backbone = arguments.get("second_backbone")
+        self.features = build_backbone(backbone, arguments["weights"])
+        self.second_features = (
+            None
+            if second_backbone is None
+            else build_backbone(second_backbone, arguments.get("second_weights"))
+        )
+        self.reduction = _optional_reduction(backbone, reduce_dim)
+        self.second_reduction = _optional_reduction(second_backbone, reduce_dim)
+        channels = reduce_dim or feature_channels(backbone)
+        second_channels = None
+        if second_backbone is not None:
+            second_channels = reduce_dim or feature_channels(second_backbone)
+        descriptor_size = self._build_pool(arguments, channels, second_channels)
+        self.fc = linear_classifier(descriptor_size, arguments["num_classes"])
+
+        self._min_input_size = max(
+            min_input_size(name) for name in (backbone, second_backbone) if name is not None
+        )
+        self.set_backbone_frozen(arguments["freeze_backbone"])
+
+    def _check_head_options(self, arguments: Mapping[str, Any]) -> None:
+        """Raise ValueError naming a bad option of the head (the subclass's own arguments)."""
+
+    def _build_pool(
+        self, arguments: Mapping[str, Any], channels: int, second_channels: int | None
+    ) -> int:
+        """Register the head's pooling modules; return the descriptor size D.
+
+        ``channels`` (and ``second_channels`` with a second stream) are those of the maps the
+        pool receives, after any reduction.
+        """
+        raise NotImplementedError
+
+    def _pool(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """Feature map(s) (N, C, h, w) [and (N, C2, h, w)] → descriptor (N, D)."""
+        raise NotImplementedError
 
     @property
     def config(self) -> dict[str, Any]:
@@ -78,7 +166,7 @@ class BackboneClassifier(nn.Module):
         return {**self._config, "freeze_backbone": self.backbone_frozen}
 
     def _record_config(self, arguments: Mapping[str, Any]) -> None:
-        """Keep the constructor's arguments (pass ``locals()``) for :attr:`config`.
+        """Keep the constructor's arguments (its ``locals()``) for :attr:`config`.
 
         The names come from the subclass's ``__init__`` signature, so a new argument is recorded
         without restating it; numbers become plain ints and floats, and arguments naming
@@ -89,9 +177,6 @@ class BackboneClassifier(nn.Module):
         for name in parameters:
             if name != "self":
                 self._config[name] = _plain_value(name, arguments[name])
-
-    def _set_min_input_size(self, *backbones: str | None) -> None:
-        self._min_input_size = max(min_input_size(name) for name in backbones if name is not None)
 
     def _backbones(self) -> list[nn.Module]:
         if self.second_features is None:
@@ -133,8 +218,32 @@ class BackboneClassifier(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits: (N, 3, H, W) → (N, num_classes): ``fc`` on the subclass's ``descriptor``."""
+        """Logits: (N, 3, H, W) → (N, num_classes): ``fc`` on the :meth:`descriptor`."""
         return self.fc(self.descriptor(images))
+
+    def descriptor(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled descriptor before the classifier: (N, 3, H, W) → (N, D).
+
+        Each stream is its backbone's map, reduced if ``reduce_dim`` is set; a second stream's
+        map is resized (bilinear, ``align_corners=False``) to the first one's h×w.
+        """
+        self._check_images(images)
+        x = self._stream(self.features, self.reduction, images)
+        if self.second_features is None:
+            return self._pool(x, None)
+        y = self._stream(self.second_features, self.second_reduction, images)
+        if y.shape[-2:] != x.shape[-2:]:
+            y = nn.functional.interpolate(
+                y, size=x.shape[-2:], mode="bilinear", align_corners=False
+            )
+        return self._pool(x, y)
+
+    @staticmethod
+    def _stream(
+        features: nn.Module, reduction: nn.Module | None, images: torch.Tensor
+    ) -> torch.Tensor:
+        x = features(images)
+        return x if reduction is None else reduction(x)
 
     def _check_images(self, images: object) -> None:
         if not isinstance(images, torch.Tensor):

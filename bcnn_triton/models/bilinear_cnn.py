@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from bcnn_triton.layers import BilinearPool
-from bcnn_triton.models.backbones import (
-    build_backbone,
-    check_backbone,
-    feature_channels,
-    reduction_block,
-)
-from bcnn_triton.models.base import BackboneClassifier, check_positive_int, linear_classifier
+from bcnn_triton.models.base import BackboneClassifier
 from bcnn_triton.models.weights import WeightsSpec
 from bcnn_triton.ops import check_options
 
@@ -19,7 +16,7 @@ __all__ = ["BilinearCNN"]
 
 
 class BilinearCNN(BackboneClassifier):
-    """Bilinear CNN (Lin, RoyChowdhury, Maji, ICCV 2015) on torchvision backbones.
+    """Bilinear CNN (Lin, RoyChowdhury, Maji, ICCV 2015) on torchvision or timm backbones.
 
     images (N, 3, H, W) → backbone map X (N, C, h, w) [→ optional 1×1 reduction to
     ``reduce_dim`` channels] → ``bilinear_pool(X)`` (N, D) → ``fc`` → logits (N, num_classes).
@@ -29,11 +26,13 @@ class BilinearCNN(BackboneClassifier):
     its ``Net``, with the same weights.
 
     Args:
-        backbone: one of :data:`BACKBONES`.
+        backbone: one of :data:`BACKBONES`, or ``"timm/<model name>"`` (any timm model, see
+            :mod:`bcnn_triton.models.timm_backbone`).
         num_classes: classifier outputs, >= 1.
         weights: pretrained weights for the backbone: a torchvision weights enum member, its
             name (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"VGG16_Weights.IMAGENET1K_V1"``), a path
-            to a saved state dict of the torchvision model, or None (random init).
+            to a saved state dict of the torchvision model, or None (random init); for a timm
+            backbone ``"DEFAULT"`` (its tag's pretrained weights), a file, or None.
         second_backbone: a second stream (two-stream B-CNN); its map is resized (bilinear,
             ``align_corners=False``) to the first one's h×w and pooled as the op's ``y``.
         second_weights: like ``weights``, for the second backbone.
@@ -69,63 +68,22 @@ class BilinearCNN(BackboneClassifier):
         triu: bool = False,
         backend: str | None = None,
     ) -> None:
-        super().__init__()
-        self._record_config(locals())
-        # Arguments are checked before the backbones, slow to build (or to download), are built.
-        check_backbone(backbone)
-        if second_backbone is not None:
-            check_backbone(second_backbone, "second_backbone")
-        elif second_weights is not None:
-            raise ValueError(
-                f"second_weights needs a second_backbone; got second_weights={second_weights!r} "
-                "with second_backbone=None"
-            )
-        if triu and second_backbone is not None:
+        super().__init__(locals())
+
+    def _check_head_options(self, arguments: Mapping[str, Any]) -> None:
+        if arguments["triu"] and arguments["second_backbone"] is not None:
             raise ValueError(
                 "triu=True needs a single stream (only the Gram of a map with itself is "
-                f"symmetric); got triu=True with second_backbone={second_backbone!r}"
+                f"symmetric); got triu=True with second_backbone={arguments['second_backbone']!r}"
             )
-        check_positive_int("num_classes", num_classes)
-        check_positive_int("reduce_dim", reduce_dim, optional=True)
-        check_options(eps, backend)
+        check_options(arguments["eps"], arguments["backend"])
 
-        self.features = build_backbone(backbone, weights)
-        self.second_features = (
-            None if second_backbone is None else build_backbone(second_backbone, second_weights)
-        )
-        self.reduction = (
-            None if reduce_dim is None else reduction_block(feature_channels(backbone), reduce_dim)
-        )
-        self.second_reduction = (
-            None
-            if reduce_dim is None or second_backbone is None
-            else reduction_block(feature_channels(second_backbone), reduce_dim)
-        )
-        self.pool = BilinearPool(
-            signed_sqrt=signed_sqrt, normalize=normalize, eps=eps, triu=triu, backend=backend
-        )
-        channels = reduce_dim or feature_channels(backbone)
-        second_channels = None
-        if second_backbone is not None:
-            second_channels = reduce_dim or feature_channels(second_backbone)
-        self.fc = linear_classifier(self.pool.output_size(channels, second_channels), num_classes)
+    def _build_pool(
+        self, arguments: Mapping[str, Any], channels: int, second_channels: int | None
+    ) -> int:
+        options = ("signed_sqrt", "normalize", "eps", "triu", "backend")
+        self.pool = BilinearPool(**{name: arguments[name] for name in options})
+        return self.pool.output_size(channels, second_channels)
 
-        self._set_min_input_size(backbone, second_backbone)
-        self.set_backbone_frozen(freeze_backbone)
-
-    def descriptor(self, images: torch.Tensor) -> torch.Tensor:
-        """The pooled B-CNN descriptor before the classifier: (N, 3, H, W) → (N, D)."""
-        self._check_images(images)
-        x = self.features(images)
-        if self.reduction is not None:
-            x = self.reduction(x)
-        if self.second_features is None:
-            return self.pool(x)
-        y = self.second_features(images)
-        if self.second_reduction is not None:
-            y = self.second_reduction(y)
-        if y.shape[-2:] != x.shape[-2:]:
-            y = torch.nn.functional.interpolate(
-                y, size=x.shape[-2:], mode="bilinear", align_corners=False
-            )
-        return self.pool(x, y)
+    def _pool(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        return self.pool(x) if y is None else self.pool(x, y)

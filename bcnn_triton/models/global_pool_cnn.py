@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
-from bcnn_triton.models.backbones import (
-    build_backbone,
-    check_backbone,
-    feature_channels,
-    reduction_block,
-)
-from bcnn_triton.models.base import BackboneClassifier, check_positive_int, linear_classifier
+from bcnn_triton.models.base import BackboneClassifier
 from bcnn_triton.models.weights import WeightsSpec
 
 __all__ = ["GlobalPoolCNN"]
@@ -43,26 +40,12 @@ class GlobalPoolCNN(BackboneClassifier):
         reduce_dim: int | None = None,
         freeze_backbone: bool = False,
     ) -> None:
-        super().__init__()
-        self._record_config(locals())
-        check_backbone(backbone)
-        check_positive_int("num_classes", num_classes)
-        check_positive_int("reduce_dim", reduce_dim, optional=True)
+        super().__init__(locals())
 
-        self.features = build_backbone(backbone, weights)
-        self.second_features = None
-        self.reduction = (
-            None if reduce_dim is None else reduction_block(feature_channels(backbone), reduce_dim)
-        )
-        self.fc = linear_classifier(reduce_dim or feature_channels(backbone), num_classes)
+    def _build_pool(
+        self, arguments: Mapping[str, Any], channels: int, second_channels: int | None
+    ) -> int:
+        return channels
 
-        self._set_min_input_size(backbone)
-        self.set_backbone_frozen(freeze_backbone)
-
-    def descriptor(self, images: torch.Tensor) -> torch.Tensor:
-        """Globally averaged feature map before the classifier: (N, 3, H, W) → (N, C)."""
-        self._check_images(images)
-        x = self.features(images)
-        if self.reduction is not None:
-            x = self.reduction(x)
+    def _pool(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         return x.mean(dim=(2, 3))

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from bcnn_triton.layers import ISqrtCovPool
-from bcnn_triton.models.backbones import (
-    build_backbone,
-    check_backbone,
-    feature_channels,
-    reduction_block,
-)
-from bcnn_triton.models.base import BackboneClassifier, check_positive_int, linear_classifier
+from bcnn_triton.models.base import BackboneClassifier
 from bcnn_triton.models.weights import WeightsSpec
 from bcnn_triton.ops import check_options
 from bcnn_triton.ops.matrix_sqrt import check_iterations
@@ -20,7 +17,7 @@ __all__ = ["ISqrtCovCNN"]
 
 
 class ISqrtCovCNN(BackboneClassifier):
-    """iSQRT-COV network (Li, Xie, Wang, Gao, CVPR 2018) on torchvision backbones.
+    """iSQRT-COV network (Li, Xie, Wang, Gao, CVPR 2018) on torchvision or timm backbones.
 
     images (N, 3, H, W) → backbone map (N, C, h, w) [→ 1×1 conv + BN + ReLU to ``reduce_dim``
     channels] → :func:`bcnn_triton.isqrt_cov_pool` (N, C(C+1)/2) → ``fc`` → (N, num_classes).
@@ -55,30 +52,18 @@ class ISqrtCovCNN(BackboneClassifier):
         eps: float = 1e-10,
         backend: str | None = None,
     ) -> None:
-        super().__init__()
-        self._record_config(locals())
-        check_backbone(backbone)
-        check_positive_int("num_classes", num_classes)
-        check_positive_int("reduce_dim", reduce_dim, optional=True)
-        check_iterations(iterations)
-        check_options(eps, backend)
+        super().__init__(locals())
 
-        self.features = build_backbone(backbone, weights)
-        self.second_features = None
-        self.reduction = (
-            None if reduce_dim is None else reduction_block(feature_channels(backbone), reduce_dim)
-        )
-        self.pool = ISqrtCovPool(iterations=iterations, triu=triu, eps=eps, backend=backend)
-        channels = reduce_dim or feature_channels(backbone)
-        self.fc = linear_classifier(self.pool.output_size(channels), num_classes)
+    def _check_head_options(self, arguments: Mapping[str, Any]) -> None:
+        check_iterations(arguments["iterations"])
+        check_options(arguments["eps"], arguments["backend"])
 
-        self._set_min_input_size(backbone)
-        self.set_backbone_frozen(freeze_backbone)
+    def _build_pool(
+        self, arguments: Mapping[str, Any], channels: int, second_channels: int | None
+    ) -> int:
+        options = ("iterations", "triu", "eps", "backend")
+        self.pool = ISqrtCovPool(**{name: arguments[name] for name in options})
+        return self.pool.output_size(channels)
 
-    def descriptor(self, images: torch.Tensor) -> torch.Tensor:
-        """The iSQRT-COV descriptor before the classifier: (N, 3, H, W) → (N, D)."""
-        self._check_images(images)
-        x = self.features(images)
-        if self.reduction is not None:
-            x = self.reduction(x)
+    def _pool(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         return self.pool(x)

@@ -1,8 +1,10 @@
-"""Pretrained backbone weights: a torchvision weights enum, its name, or a local state-dict file.
+"""Pretrained backbone weights: a torchvision weights enum, its name, or a local state-dict file;
+for timm backbones ``"DEFAULT"`` (the pretrained weights of the model's tag) or a local file.
 
 Enum weights are read from torchvision's cache (``$TORCH_HOME/hub/checkpoints``) and downloaded
-there when missing, as torchvision does; where that cannot happen (no network, or a local file
-that does not exist) one :class:`WeightsUnavailableError` says how to pass a local file instead.
+there when missing, as torchvision does; timm's from the Hugging Face cache. Where that cannot
+happen (no network, or a local file that does not exist) one :class:`WeightsUnavailableError`
+says how to pass a local file instead.
 """
 
 from __future__ import annotations
@@ -15,14 +17,24 @@ from torchvision.models import WeightsEnum, get_model_weights
 
 from bcnn_triton.errors import UserInputError
 
-__all__ = ["WeightsSpec", "WeightsUnavailableError", "load_weights", "resolve_weights"]
+__all__ = [
+    "TIMM_PRETRAINED",
+    "WeightsSpec",
+    "WeightsUnavailableError",
+    "load_weights",
+    "resolve_timm_weights",
+    "resolve_weights",
+    "timm_weights_unavailable",
+]
 
 #: What the ``weights`` argument of the models accepts.
 WeightsSpec = WeightsEnum | str | os.PathLike | None
 
 # A string with one of these endings, or with a path separator, is a file name, never a weight
 # name: a missing file then reads as a missing file, not as an unknown enum member.
-_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")
+#: What ``resolve_timm_weights`` returns for the pretrained weights of the model's tag.
+TIMM_PRETRAINED = "DEFAULT"
 
 
 class WeightsUnavailableError(UserInputError, RuntimeError):
@@ -142,12 +154,74 @@ def _accepted_weights(backbone: str, enum: type[WeightsEnum] | None) -> str:
     return f"backbone {backbone!r} accepts {enum.__name__}.{{{names}}}, or a path to a file"
 
 
-def _existing_file(backbone: str, path: Path) -> Path:
+def _existing_file(backbone: str, path: Path, downloads: str | None = None) -> Path:
     path = path.expanduser()
     if not path.is_file():
+        downloads = downloads or (
+            f"torchvision's downloads are in $TORCH_HOME/hub/checkpoints, here {_cache_dir()}"
+        )
         raise WeightsUnavailableError(
             f"weights file {str(path)!r} for backbone {backbone!r} does not exist; pass the path "
-            f"of a saved state dict (torchvision's downloads are in $TORCH_HOME/hub/checkpoints, "
-            f"here {_cache_dir()})"
+            f"of a saved state dict ({downloads})"
         )
     return path
+
+
+def _hub_cache() -> str:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return str(HF_HUB_CACHE)
+
+
+def resolve_timm_weights(backbone: str, weights: object, has_pretrained: bool) -> str | Path | None:
+    """:data:`TIMM_PRETRAINED`, the local file, or None (random init) that ``weights`` names.
+
+    ``weights`` is None, ``"DEFAULT"`` (the pretrained weights of the tag in the model's name,
+    or of timm's default tag), or a path to a file: the state dict of the timm model (``.pth``,
+    ``.bin``...) or a ``.safetensors`` file, as in the model's Hub repository.
+
+    Raises:
+        ValueError: ``"DEFAULT"`` for a model without pretrained weights, or another name.
+        WeightsUnavailableError: a path to a file that does not exist.
+    """
+    downloads = f"timm's downloads are in the Hugging Face cache, here {_hub_cache()}"
+    if weights is None:
+        return None
+    if isinstance(weights, os.PathLike):
+        return _existing_file(backbone, Path(weights), downloads)
+    if not isinstance(weights, str):
+        raise TypeError(
+            f"weights of timm backbone {backbone!r} must be None, 'DEFAULT' or a file path; got "
+            f"{type(weights).__name__}"
+        )
+    if weights == TIMM_PRETRAINED and not has_pretrained:
+        raise ValueError(
+            f"backbone {backbone!r} has no pretrained weights in timm; pass a file or None"
+        )
+    if weights == TIMM_PRETRAINED:
+        return TIMM_PRETRAINED
+    if _looks_like_path(weights) or Path(weights).is_file():
+        return _existing_file(backbone, Path(weights), downloads)
+    raise ValueError(
+        f"weights={weights!r} is neither 'DEFAULT' nor an existing file; backbone {backbone!r} "
+        "takes 'DEFAULT' (the pretrained weights of the tag in its name, e.g. "
+        "timm/resnet50.a1_in1k), a state-dict or safetensors file, or None"
+    )
+
+
+def timm_weights_unavailable(backbone: str, error: Exception) -> WeightsUnavailableError:
+    """The one-line error for pretrained timm weights neither cached nor downloadable."""
+    model_name = backbone.split("/", 1)[1]
+    first_sentence = str(error).split(". ")[0].strip()
+    problem = (
+        f"pretrained weights of backbone {backbone!r} could not be had offline: they are not in "
+        f"the Hugging Face cache (here {_hub_cache()}) and downloading them failed "
+        f"({type(error).__name__}: {first_sentence}). Pre-download them on a machine with a "
+        f"network (python -c \"import timm; timm.create_model('{model_name}', pretrained=True)\")"
+        " and copy that cache here, or pass a local file: "
+    )
+    return WeightsUnavailableError(
+        f'{problem}weights="/path/to/model.safetensors"',
+        command_line=f"{problem}--weights /path/to/model.safetensors (or --weights none to start "
+        "from random weights)",
+    )

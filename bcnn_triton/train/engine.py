@@ -29,6 +29,7 @@ from bcnn_triton.config import TrainConfig
 from bcnn_triton.data import DataSplits, collate_images, split_unreadable
 from bcnn_triton.data.seeding import derive_seed
 from bcnn_triton.errors import TrainingError, UserInputError, os_error_text
+from bcnn_triton.models.timm_backbone import convert_sync_batchnorm
 from bcnn_triton.train.checkpoint import (
     BEST_NAME,
     CheckpointError,
@@ -296,7 +297,7 @@ def _prepare_model(
     """Freeze for stage fc, convert to SyncBatchNorm if asked, move to the device and layout."""
     model.set_backbone_frozen(stage == "fc")
     if config.sync_bn and context.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model)
     model.to(context.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)

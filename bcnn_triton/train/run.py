@@ -153,6 +153,7 @@ def run_training(config: TrainConfig, context: DistributedContext) -> list[Stage
 
 def _run_stages(config: TrainConfig, context: DistributedContext) -> list[StageResult]:
     _check_resume(config)
+    config = config.with_backbone_preprocessing()
     data: DataSplits = build_datasets(config.data)
     wanted = {
         "head": config.head,

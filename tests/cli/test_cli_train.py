@@ -132,7 +132,7 @@ def test_parser_does_not_import_torch():
         "import sys\n"
         "from bcnn_triton.cli import build_parser\n"
         "build_parser()\n"
-        "heavy = ('torch', 'torchvision', 'triton', 'numpy')\n"
+        "heavy = ('torch', 'torchvision', 'triton', 'numpy', 'timm')\n"
         "print(sorted(name for name in heavy if name in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -148,3 +148,15 @@ def test_compile_fullgraph_matches_eager():
     model(images).sum().backward()
     for grad, p in zip(grads, model.parameters(), strict=True):
         torch.testing.assert_close(grad, p.grad)
+
+
+def test_many_channels_over_few_locations_stay_finite():
+    # A 2×2 map of 512 channels, a third of them constant (dead): a covariance of rank 3 with
+    # ~500 equal eigenvalues, on which float32 LAPACK eigh failed (LinAlgError, or NaN for a
+    # single sample) on CPU; the torch path then decomposes in float64.
+    # Seed 3 gave NaN with MKL's float32 eigh (torch 2.14.1, 2 CPU cores).
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 512, 2, 2, generator=generator).relu()
+    x[torch.rand(1, 512, generator=generator) < 0.35] = 0.5
+    out = isqrt_cov_pool(x, backend="torch")
+    assert_close_scaled(out, isqrt_cov_pool_reference(x), TOLERANCES[torch.float32])
