@@ -118,8 +118,12 @@ def load_pt2(path: str | Path) -> tuple[torch.export.ExportedProgram, dict[str, 
     """A program saved by :func:`export_pt2` and its metadata (classes, preprocessing, config).
 
     Example:
-        >>> program, metadata = load_pt2("runs/cub/all/best.pt2")  # doctest: +SKIP
-        >>> logits = program.module()(torch.randn(2, 3, 448, 448))  # doctest: +SKIP
+        >>> program, metadata = load_pt2("runs/demo/bilinear/fc/best.pt2")
+        >>> size = metadata["preprocessing"]["image_size"]
+        >>> program.module()(torch.randn(2, 3, size, size)).shape  # logits of 2 images
+        torch.Size([2, 4])
+        >>> metadata["classes"]
+        ['pairing+0', 'pairing+1', 'pairing+2', 'pairing+3']
     """
     path = Path(path)
     if not path.is_file():

@@ -183,8 +183,9 @@ class Predictor:
     Example:
         >>> predictor = Predictor("runs/demo/bilinear/fc/best.pt", top_k=2)
         >>> result = predictor.predict(["demo-images"])
-        >>> result.predictions[0].classes
-        ['pairing+0', 'pairing+1']
+        >>> first = result.predictions[0]
+        >>> first.path, len(first.classes)  # its 2 most probable classes, most probable first
+        ('demo-images/0000-pairing+0.png', 2)
     """
 
     def __init__(

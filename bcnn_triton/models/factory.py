@@ -42,7 +42,7 @@ def model_from_config(config: Mapping[str, Any]) -> nn.Module:
     Load the trained weights into it with ``load_state_dict``.
 
     Example:
-        >>> model = BilinearCNN("tiny", num_classes=5)
+        >>> model = create_model("bilinear", backbone="tiny", num_classes=5)
         >>> clone = model_from_config(model.config)
         >>> clone.load_state_dict(model.state_dict())
         <All keys matched successfully>
