@@ -48,12 +48,8 @@ def _resize(image: Image.Image, size: int, interpolation: str) -> Image.Image:
     return TF.resize(image, size, interpolation=TF.InterpolationMode(interpolation))
 
 
-class TrainTransform:
-    """Resize the shorter side to ``image_size``, random ``image_size`` crop, random flip.
-
-    ``transform(image, generator)`` → (3, image_size, image_size) float32, normalized with
-    ``mean`` and ``std`` (ImageNet's by default); resized with ``interpolation``.
-    """
+class _ResizeNormalize:
+    """What both transforms hold: the output size, the normalization and the interpolation."""
 
     def __init__(
         self,
@@ -66,6 +62,22 @@ class TrainTransform:
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.interpolation = interpolation
+
+    def __repr__(self) -> str:
+        # The interpolation only where it is not the default, as Preprocessing records it.
+        interpolation = "" if self.interpolation == "bilinear" else f", {self.interpolation!r}"
+        return (
+            f"{type(self).__name__}(image_size={self.image_size}, mean={self.mean}, "
+            f"std={self.std}{interpolation})"
+        )
+
+
+class TrainTransform(_ResizeNormalize):
+    """Resize the shorter side to ``image_size``, random ``image_size`` crop, random flip.
+
+    ``transform(image, generator)`` → (3, image_size, image_size) float32, normalized with
+    ``mean`` and ``std`` (ImageNet's by default); resized with ``interpolation``.
+    """
 
     def __call__(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
         image = _resize(image, self.image_size, self.interpolation)
@@ -77,14 +89,8 @@ class TrainTransform:
             image = TF.hflip(image)
         return _to_normalized_tensor(image, self.mean, self.std)
 
-    def __repr__(self) -> str:
-        return (
-            f"TrainTransform(image_size={self.image_size}, mean={self.mean}, std={self.std}, "
-            f"interpolation={self.interpolation!r})"
-        )
 
-
-class EvalTransform:
+class EvalTransform(_ResizeNormalize):
     """Resize the shorter side to ``image_size`` and take the centre square; no randomness.
 
     ``transform(image, generator=None)`` → (3, image_size, image_size) float32, normalized with
@@ -92,31 +98,12 @@ class EvalTransform:
     resized with ``interpolation`` (one of :data:`INTERPOLATIONS`).
     """
 
-    def __init__(
-        self,
-        image_size: int,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        interpolation: str = "bilinear",
-    ) -> None:
-        self.image_size = image_size
-        self.mean = tuple(mean)
-        self.std = tuple(std)
-        self.interpolation = interpolation
-
     def __call__(
         self, image: Image.Image, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         image = _resize(image, self.image_size, self.interpolation)
         image = TF.center_crop(image, self.image_size)
         return _to_normalized_tensor(image, self.mean, self.std)
-
-    def __repr__(self) -> str:
-        interpolation = "" if self.interpolation == "bilinear" else f", {self.interpolation}"
-        return (
-            f"EvalTransform(image_size={self.image_size}, mean={self.mean}, std={self.std}"
-            f"{interpolation})"
-        )
 
 
 @dataclass(frozen=True)
