@@ -88,6 +88,7 @@ def _nvidia_capability(arch: str) -> tuple[int, int]:
     return int(digits[:-1]), int(digits[-1])
 
 
+@functools.cache  # asked at every call of an op: the answer, reason included, is computed once
 def auto_support(arch: str | None, dtype: torch.dtype, *, tf32_allowed: bool) -> tuple[bool, str]:
     """Whether ``backend="auto"`` runs the Triton kernels for ``dtype`` operands on the GPU
     target ``arch`` ("sm_90", "gfx942"; None: not a GPU), and the reason, as a sentence.
