@@ -37,7 +37,15 @@ def test_host_overhead(benchmark, monkeypatch, op, way, mode):
         monkeypatch.setattr(registration, "_get_current_dispatch_mode", None)
     benchmark.group = f"host {op} {mode}"
     benchmark.extra_info.update(
-        op=op, impl=way, mode=mode, dtype="float32", N=2, C=8, L=locations, device="cpu"
+        op=op,
+        impl=way,
+        mode=mode,
+        dtype="float32",
+        N=2,
+        C=8,
+        L=locations,
+        device="cpu",
+        threads=torch.get_num_threads(),
     )
     inputs = make_input()
     if mode == "fwd":
