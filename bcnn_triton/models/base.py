@@ -9,6 +9,7 @@ with the descriptor size, and how it pools. :class:`BackboneClassifier` builds t
 
 from __future__ import annotations
 
+import abc
 import inspect
 import itertools
 import numbers
@@ -80,7 +81,7 @@ def _optional_reduction(backbone: str | None, reduce_dim: int | None) -> nn.Sequ
     return reduction_block(feature_channels(backbone), reduce_dim)
 
 
-class BackboneClassifier(nn.Module):
+class BackboneClassifier(nn.Module, abc.ABC):
     """Base of the models: one or two backbones (``features``, ``second_features``) and a head.
 
     A subclass sets ``head``, lists its options in its constructor's signature (``backbone``,
@@ -142,6 +143,7 @@ class BackboneClassifier(nn.Module):
     def _check_head_options(self, arguments: Mapping[str, Any]) -> None:
         """Raise ValueError naming a bad option of the head (the subclass's own arguments)."""
 
+    @abc.abstractmethod
     def _build_pool(
         self, arguments: Mapping[str, Any], channels: int, second_channels: int | None
     ) -> int:
@@ -150,11 +152,10 @@ class BackboneClassifier(nn.Module):
         ``channels`` (and ``second_channels`` with a second stream) are those of the maps the
         pool receives, after any reduction.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _pool(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Feature map(s) (N, C, h, w) [and (N, C2, h, w)] → descriptor (N, D)."""
-        raise NotImplementedError
 
     @property
     def config(self) -> dict[str, Any]:
