@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from bcnn_triton import kernels  # the launchers load (and Triton with them) at first use
 from bcnn_triton.ops.dispatch import BACKENDS, resolve_backend, run_dispatched, triton_available
 from bcnn_triton.ops.registration import FusedOperator
 from bcnn_triton.ops.torch_path import (
@@ -192,7 +193,7 @@ def _forward(
 
     return run_dispatched(
         "bilinear_pool", "bilinear_pool forward", backend, x,
-        lambda: run(_kernels().bilinear_pool_fwd), lambda: run(bilinear_pool_forward_torch),
+        lambda: run(kernels.bilinear_pool_fwd), lambda: run(bilinear_pool_forward_torch),
     )  # fmt: skip
 
 
@@ -234,7 +235,7 @@ def _backward(
 
     dx, dy = run_dispatched(
         "bilinear_pool", "bilinear_pool backward", backend, x,
-        lambda: run(_kernels().bilinear_pool_bwd), lambda: run(bilinear_pool_backward_torch),
+        lambda: run(kernels.bilinear_pool_bwd), lambda: run(bilinear_pool_backward_torch),
     )  # fmt: skip
     dx = torch.zeros_like(x) if dx is None else dx
     dy = _zeros_like_y(x, y) if dy is None else dy

@@ -35,6 +35,7 @@ import numbers
 
 import torch
 
+from bcnn_triton import kernels  # the launchers load (and Triton with them) at first use
 from bcnn_triton.ops.bilinear_pool import check_options
 from bcnn_triton.ops.dispatch import resolve_backend, run_dispatched
 from bcnn_triton.ops.matrix_sqrt_torch import (
@@ -178,7 +179,7 @@ def _forward(
     a_hat, scale = _normalized(a, eps)
 
     def triton_path():
-        out = _kernels().matrix_sqrt_newton_schulz_fwd(
+        out = kernels.matrix_sqrt_newton_schulz_fwd(
             a_hat, scale, iterations=iterations, triu=triu, out_dtype=a.dtype
         )
         return out, a_hat, a_hat.new_zeros(a.shape[:2]), scale
@@ -228,7 +229,7 @@ def _backward(
     iterated = basis.is_cuda or resolve_backend(backend, basis, _OP) == "triton"
     return run_dispatched(
         _OP, f"{_OP} backward", backend, basis,
-        lambda: _kernels().matrix_sqrt_newton_schulz_bwd(
+        lambda: kernels.matrix_sqrt_newton_schulz_bwd(
             grad, basis, scale, iterations=iterations, triu=triu
         ),
         lambda: _backward_torch(grad, basis, values, scale, iterations, triu, iterated),
